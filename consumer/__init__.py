@@ -1,0 +1,1 @@
+"""Consumer stage: decode frames, run the Moments in Time model, publish predictions."""

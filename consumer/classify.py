@@ -1,0 +1,154 @@
+"""The classifier a worker holds: model, categories and options, loaded once."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moments_stream.logs import get_logger
+from moments_stream.settings import DEFAULT_TOP_K, Settings
+
+from . import assets
+from .frames import read_frames
+from .model import (
+    InferenceOptions,
+    build_model,
+    frame_probabilities,
+    load_checkpoint,
+    prepare_for_inference,
+    top_k,
+    video_probabilities,
+)
+from .preprocess import to_model_input
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One video's result: plain data only, so it is safe to pickle onto a queue."""
+
+    video: str
+    top5: list[tuple[str, float]]
+    model_id: str
+    frame_count: int
+    decode_ms: float
+    infer_ms: float
+    synthetic_weights: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top1(self) -> str:
+        return self.top5[0][0]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["top5"] = [[name, round(prob, 6)] for name, prob in self.top5]
+        return data
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def model_id_for(release: str, weights: Path, categories: list[str]) -> str:
+    """Names the model by content: release, weights hash and category-list hash."""
+    weights_hash = assets.sha256_of(weights)[:12]
+    categories_hash = hashlib.sha256("\n".join(categories).encode()).hexdigest()[:8]
+    return f"{release}-{weights_hash}-{categories_hash}"
+
+
+@dataclass
+class Classifier:
+    model: torch.nn.Module
+    categories: list[str]
+    options: InferenceOptions
+    model_id: str
+    num_frames: int
+    synthetic_weights: bool
+    top_k: int = DEFAULT_TOP_K
+
+    def classify_frames(self, frames_rgb: Any) -> list[tuple[str, float]]:
+        batch = to_model_input(frames_rgb)
+        probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
+        return top_k(probabilities.cpu(), self.categories, self.top_k)
+
+    def classify_file(self, path: str, name: str | None = None) -> Prediction:
+        started = time.perf_counter()
+        sampled = read_frames(path, self.num_frames)
+        decoded = time.perf_counter()
+        top = self.classify_frames(sampled.frames)
+        inferred = time.perf_counter()
+        return Prediction(
+            video=name or path,
+            top5=top,
+            model_id=self.model_id,
+            frame_count=sampled.frame_count,
+            decode_ms=round((decoded - started) * 1000, 2),
+            infer_ms=round((inferred - decoded) * 1000, 2),
+            synthetic_weights=self.synthetic_weights,
+        )
+
+
+def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
+    """Resolve weights and categories (downloading if needed) and build the model once."""
+    started = time.perf_counter()
+    release = settings.release
+    weights_path = assets.resolve(
+        settings.weights_source,
+        settings.cache_dir,
+        expected_size=release.weights_size if settings.weights is None else None,
+        expected_sha256=settings.weights_sha256,
+        progress=progress,
+    )
+    categories = assets.load_categories(assets.resolve(settings.categories_source, settings.cache_dir, progress=progress))
+    state_dict, synthetic = load_checkpoint(weights_path)
+    model = build_model(state_dict, expected_classes=len(categories))
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
+        log.warning("bf16_without_cpu_support", hint="this CPU emulates bf16 slowly; use --precision fp32")
+    options = InferenceOptions(precision=settings.precision, device=device)
+    model = prepare_for_inference(model, options)
+    model_id = model_id_for(release.name, weights_path, categories)
+    if synthetic:
+        model_id = "synthetic-" + model_id
+        log.warning(
+            "synthetic_weights",
+            weights=str(weights_path),
+            meaning="random test weights: predictions are NOT real action recognitions",
+        )
+    log.info(
+        "model_loaded",
+        model_id=model_id,
+        weights=str(weights_path),
+        classes=len(categories),
+        precision=options.precision,
+        device=device,
+        threads=torch.get_num_threads(),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return Classifier(
+        model=model,
+        categories=categories,
+        options=options,
+        model_id=model_id,
+        num_frames=settings.num_frames,
+        synthetic_weights=synthetic,
+    )

@@ -1,0 +1,88 @@
+"""``consumer``: classify videos directly, or run the long-running Lithops workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from moments_stream.cli_common import add_common_options, add_model_options, run_cli, settings_from_args
+from moments_stream.errors import MomentsError
+from moments_stream.settings import MODEL_RELEASES
+
+from .classify import Prediction, load_classifier
+from .model import make_synthetic_checkpoint
+
+SYNTHETIC_BANNER = "WARNING: synthetic random test weights - these are NOT real action predictions"
+
+
+def _print_prediction(prediction: Prediction) -> None:
+    print(f"RESULT ON {prediction.video}")
+    for name, probability in prediction.top5:
+        print(f"{probability:.3f} -> {name}")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    classifier = load_classifier(settings, progress=sys.stderr.isatty())
+    if classifier.synthetic_weights and not args.json:
+        print(SYNTHETIC_BANNER, file=sys.stderr)
+    failures = 0
+    for video in args.videos:
+        try:
+            prediction = classifier.classify_file(video)
+        except MomentsError as error:
+            failures += 1
+            print(f"error: {error.message}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"video": video, "error": error.message}))
+            continue
+        if args.json:
+            print(json.dumps(prediction.to_dict()))
+        else:
+            _print_prediction(prediction)
+    return 1 if failures else 0
+
+
+def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
+    classes = args.classes or MODEL_RELEASES[args.model or "v1"].num_classes
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(make_synthetic_checkpoint(classes, seed=args.seed), out)
+    print(f"wrote synthetic {classes}-class checkpoint to {out} ({SYNTHETIC_BANNER})", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consumer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    classify = sub.add_parser("classify", help="print the top-5 categories of local video files")
+    classify.add_argument("videos", nargs="+", help="video files")
+    classify.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
+    add_model_options(classify)
+    add_common_options(classify)
+    classify.set_defaults(handler=cmd_classify)
+
+    checkpoint = sub.add_parser(
+        "make-test-checkpoint", help="write a random-weight checkpoint in the release format (for tests only)"
+    )
+    checkpoint.add_argument("out", help="output .pth.tar path")
+    checkpoint.add_argument("--model", choices=sorted(MODEL_RELEASES))
+    checkpoint.add_argument("--classes", type=int, help="class count (default: the release's)")
+    checkpoint.add_argument("--seed", type=int, default=0)
+    add_common_options(checkpoint)
+    checkpoint.set_defaults(handler=cmd_make_test_checkpoint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""What every command line shares: model/Redis options, settings from flags, error exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import MomentsError
+from .logs import configure_logging
+from .settings import MODEL_RELEASES, PRECISIONS, Settings
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, including Lithops' and rq's")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (env MOMENTS_*)")
+    group.add_argument("--model", choices=sorted(MODEL_RELEASES), help="release: v1 (339 classes, default) or v2 (305)")
+    group.add_argument("--weights", help="checkpoint path or URL (env MOMENTS_WEIGHTS; default: the release URL)")
+    group.add_argument("--categories", help="category list path or URL (env MOMENTS_CATEGORIES)")
+    group.add_argument("--frames", type=int, dest="num_frames", help="frames sampled per video (default 16)")
+    group.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 (CPU autocast), fp16 (GPU)")
+    group.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    group.add_argument("--device", help="cpu (default), cuda or auto")
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("redis and storage (env MOMENTS_*)")
+    group.add_argument("--redis-url", help="Redis URL (env MOMENTS_REDIS_URL; default redis://127.0.0.1:6379/0)")
+    group.add_argument("--bucket", help="storage bucket (env MOMENTS_BUCKET; default moments-stream)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    fields = (
+        "model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket"
+    )
+    return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dispatch: Callable[[argparse.Namespace], int]) -> int:
+    """Parse, configure logging, run; expected failures print their fix instead of a traceback."""
+    args = parser.parse_args(argv)
+    configure_logging(verbose=getattr(args, "verbose", False))
+    try:
+        return dispatch(args)
+    except MomentsError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        if error.fix:
+            print(f"fix: {error.fix}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,171 @@
+"""Every default and every environment variable of moments-stream, in one place.
+
+Stages never read ``os.environ`` themselves: they take a :class:`Settings` built by
+:func:`Settings.from_env` (CLI flags override fields with :meth:`Settings.replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelRelease:
+    """One published Moments in Time checkpoint and the category list that matches it."""
+
+    name: str
+    weights_url: str
+    weights_size: int | None
+    categories_url: str
+    num_classes: int
+
+
+MODEL_RELEASES: dict[str, ModelRelease] = {
+    "v1": ModelRelease(
+        name="v1",
+        weights_url="http://moments.csail.mit.edu/moments_models/moments_RGB_resnet50_imagenetpretrained.pth.tar",
+        weights_size=193_898_685,
+        categories_url=(
+            "https://raw.githubusercontent.com/zhoubolei/moments_models/"
+            "5df0950626aaade0b90f57a7caa52de2282098f1/category_momentsv1.txt"
+        ),
+        num_classes=339,
+    ),
+    "v2": ModelRelease(
+        name="v2",
+        weights_url="http://moments.csail.mit.edu/moments_models/moments_v2_RGB_resnet50_imagenetpretrained.pth.tar",
+        weights_size=None,
+        categories_url="https://raw.githubusercontent.com/zhoubolei/moments_models/master/category_momentsv2.txt",
+        num_classes=305,
+    ),
+}
+
+DEFAULT_MODEL = "v1"
+# The release's test_video.py samples 16 frames per clip.
+DEFAULT_NUM_FRAMES = 16
+DEFAULT_PRECISION = "fp32"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_TOP_K = 5
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_BUCKET = "moments-stream"
+DEFAULT_VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
+# Refuse to download or decode absurd inputs rather than exhausting a function's memory.
+DEFAULT_MAX_VIDEO_BYTES = 2 * 1024**3
+# The queue of keys that consumers pull from (an rq queue, so `rq info` shows it).
+DEFAULT_QUEUE_NAME = "moments-videos"
+DEFAULT_WORKERS = 1
+# Lithops localhost kills a function after execution_timeout (default 3600 s); consumers
+# stop taking new videos this long before their backend's limit.
+DEFAULT_FUNCTION_TIMEOUT_S = 3600
+DEFAULT_STOP_MARGIN_S = 120
+DEFAULT_JOB_TIMEOUT_S = 600
+DEFAULT_JOB_RETRIES = 2
+# Predictions wait on the lithops Queue for the aggregator; its keys expire this long after
+# the last put (lithops' own default is 1 h, shorter than an aggregator outage may last).
+DEFAULT_RESULTS_TTL_S = 7 * 24 * 3600
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moments-stream"
+
+
+def _default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "moments-stream"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer", fix=f"set {name} to a whole number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration shared by producer, consumer and aggregator."""
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    categories: str | None = None
+    weights_sha256: str | None = None
+    cache_dir: Path = dataclasses.field(default_factory=lambda: _default_cache_dir(os.environ))
+    data_dir: Path = dataclasses.field(default_factory=lambda: _default_data_dir(os.environ))
+    num_frames: int = DEFAULT_NUM_FRAMES
+    precision: str = DEFAULT_PRECISION
+    threads: int | None = None
+    device: str = "cpu"
+    redis_url: str = DEFAULT_REDIS_URL
+    embedded_redis: bool = True
+    bucket: str = DEFAULT_BUCKET
+    queue_name: str = DEFAULT_QUEUE_NAME
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+    job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S
+    job_retries: int = DEFAULT_JOB_RETRIES
+    results_ttl_s: int = DEFAULT_RESULTS_TTL_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            model=env.get("MOMENTS_MODEL", DEFAULT_MODEL),
+            weights=env.get("MOMENTS_WEIGHTS") or None,
+            categories=env.get("MOMENTS_CATEGORIES") or None,
+            weights_sha256=env.get("MOMENTS_WEIGHTS_SHA256") or None,
+            cache_dir=Path(env["MOMENTS_CACHE_DIR"]) if env.get("MOMENTS_CACHE_DIR") else _default_cache_dir(env),
+            data_dir=Path(env["MOMENTS_DATA_DIR"]) if env.get("MOMENTS_DATA_DIR") else _default_data_dir(env),
+            num_frames=_int(env, "MOMENTS_NUM_FRAMES", DEFAULT_NUM_FRAMES),
+            precision=env.get("MOMENTS_PRECISION", DEFAULT_PRECISION),
+            threads=_int(env, "MOMENTS_THREADS", 0) or None,
+            device=env.get("MOMENTS_DEVICE", "cpu"),
+            redis_url=env.get("MOMENTS_REDIS_URL", DEFAULT_REDIS_URL),
+            embedded_redis=env.get("MOMENTS_EMBEDDED_REDIS", "1") not in ("0", "false", "no"),
+            bucket=env.get("MOMENTS_BUCKET", DEFAULT_BUCKET),
+            queue_name=env.get("MOMENTS_QUEUE", DEFAULT_QUEUE_NAME),
+            max_video_bytes=_int(env, "MOMENTS_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
+            job_timeout_s=_int(env, "MOMENTS_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
+            job_retries=_int(env, "MOMENTS_JOB_RETRIES", DEFAULT_JOB_RETRIES),
+            results_ttl_s=_int(env, "MOMENTS_RESULTS_TTL", DEFAULT_RESULTS_TTL_S),
+        )
+        return settings.validated()
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with the given fields changed; ``None`` values keep the current field."""
+        given = {name: value for name, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **given).validated()
+
+    def validated(self) -> Settings:
+        if self.model not in MODEL_RELEASES:
+            raise ConfigError(
+                f"unknown model {self.model!r}",
+                fix=f"use one of: {', '.join(MODEL_RELEASES)} (MOMENTS_MODEL or --model)",
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}"
+            )
+        if self.num_frames < 1:
+            raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
+        return self
+
+    @property
+    def release(self) -> ModelRelease:
+        return MODEL_RELEASES[self.model]
+
+    @property
+    def weights_source(self) -> str:
+        return self.weights or self.release.weights_url
+
+    @property
+    def categories_source(self) -> str:
+        return self.categories or self.release.categories_url

@@ -1,0 +1,70 @@
+"""Test clips made on the fly: lossless FFV1 (exact pixels known), H.264 like real MiT clips, mp4v."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+
+
+def synthetic_frames(count: int, height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
+    """RGB frames with seeded coloured blocks drifting across a gradient, so clips differ."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack(
+        [(x * rng.uniform(0.5, 2.0)) % 256, (y * rng.uniform(0.5, 2.0)) % 256, ((x + y) * rng.uniform(0.2, 1.0)) % 256],
+        axis=-1,
+    ).astype(np.uint8)
+    blocks = [
+        (rng.integers(0, height), rng.integers(0, width), rng.integers(8, 32), rng.integers(0, 256, 3), rng.integers(-4, 5, 2))
+        for _ in range(6)
+    ]
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    for index in range(count):
+        frame = base.copy()
+        for top, left, size, colour, (dy, dx) in blocks:
+            r, c = int(top + dy * index) % height, int(left + dx * index) % width
+            frame[r : r + size, c : c + size] = colour
+        frames[index] = frame
+    return frames
+
+
+def write_opencv(path: Path, frames_rgb: np.ndarray, fourcc: str, fps: float = 30.0) -> Path:
+    height, width = frames_rgb.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
+    for frame in frames_rgb:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def write_ffv1(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
+    """Lossless: decoding gives back exactly ``frames_rgb``."""
+    return write_opencv(path, frames_rgb, "FFV1", fps)
+
+
+def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
+    """H.264 in MP4 via the ffmpeg that imageio-ffmpeg ships (OpenCV wheels cannot encode it)."""
+    height, width = frames_rgb.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+        output_params=["-preset", "ultrafast"],
+    )
+    writer.send(None)
+    for frame in frames_rgb:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def set_avi_frame_count(path: Path, declared: int) -> Path:
+    """Make an AVI lie about its length (main header and stream header)."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, data.find(b"avih") + 8 + 16, declared)
+    struct.pack_into("<I", data, data.find(b"strh") + 8 + 32, declared)
+    path.write_bytes(bytes(data))
+    return path

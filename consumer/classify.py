@@ -116,7 +116,9 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         expected_sha256=settings.weights_sha256,
         progress=progress,
     )
-    categories = assets.load_categories(assets.resolve(settings.categories_source, settings.cache_dir, progress=progress))
+    categories = assets.load_categories(
+        assets.resolve(settings.categories_source, settings.cache_dir, progress=progress)
+    )
     state_dict, synthetic = load_checkpoint(weights_path)
     model = build_model(state_dict, expected_classes=len(categories))
     device = resolve_device(settings.device)

@@ -94,7 +94,9 @@ def make_synthetic_checkpoint(num_classes: int, seed: int = 0) -> dict[str, Any]
         features = backbone(calibration).flatten(1)
     mean = features.mean(dim=0)
     spread = (features - mean).std(dim=0).clamp_min(1e-6)
-    weight = torch.randn(num_classes, features.shape[1], generator=generator) / spread * (3 / features.shape[1] ** 0.5)
+    weight = (
+        torch.randn(num_classes, features.shape[1], generator=generator) / spread * (0.5 / features.shape[1] ** 0.5)
+    )
     with torch.no_grad():
         model.fc.weight.copy_(weight)
         model.fc.bias.copy_(-(weight @ mean))

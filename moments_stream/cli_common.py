@@ -33,13 +33,13 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    fields = (
-        "model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket"
-    )
+    fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket")
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dispatch: Callable[[argparse.Namespace], int]) -> int:
+def run_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, dispatch: Callable[[argparse.Namespace], int]
+) -> int:
     """Parse, configure logging, run; expected failures print their fix instead of a traceback."""
     args = parser.parse_args(argv)
     configure_logging(verbose=getattr(args, "verbose", False))

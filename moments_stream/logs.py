@@ -17,9 +17,7 @@ def configure_logging(verbose: bool = False, json_logs: bool | None = None) -> N
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
     level = logging.DEBUG if verbose else logging.INFO
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=True)
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

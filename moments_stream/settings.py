@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .errors import ConfigError
 
@@ -151,9 +151,7 @@ class Settings:
                 fix=f"use one of: {', '.join(MODEL_RELEASES)} (MOMENTS_MODEL or --model)",
             )
         if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}"
-            )
+            raise ConfigError(f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}")
         if self.num_frames < 1:
             raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
         return self

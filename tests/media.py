@@ -19,7 +19,13 @@ def synthetic_frames(count: int, height: int = 96, width: int = 128, seed: int =
         axis=-1,
     ).astype(np.uint8)
     blocks = [
-        (rng.integers(0, height), rng.integers(0, width), rng.integers(8, 32), rng.integers(0, 256, 3), rng.integers(-4, 5, 2))
+        (
+            rng.integers(0, height),
+            rng.integers(0, width),
+            rng.integers(8, 32),
+            rng.integers(0, 256, 3),
+            rng.integers(-4, 5, 2),
+        )
         for _ in range(6)
     ]
     frames = np.empty((count, height, width, 3), dtype=np.uint8)
@@ -51,7 +57,12 @@ def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
     """H.264 in MP4 via the ffmpeg that imageio-ffmpeg ships (OpenCV wheels cannot encode it)."""
     height, width = frames_rgb.shape[1:3]
     writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
         output_params=["-preset", "ultrafast"],
     )
     writer.send(None)

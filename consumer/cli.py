@@ -10,9 +10,16 @@ from pathlib import Path
 
 import torch
 
-from moments_stream.cli_common import add_common_options, add_model_options, run_cli, settings_from_args
+from moments_stream.cli_common import (
+    add_common_options,
+    add_model_options,
+    add_redis_options,
+    run_cli,
+    settings_from_args,
+)
 from moments_stream.errors import MomentsError
-from moments_stream.settings import MODEL_RELEASES
+from moments_stream.logs import stream_is_tty
+from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_WORKERS, MODEL_RELEASES
 
 from .classify import Prediction, load_classifier
 from .model import make_synthetic_checkpoint
@@ -28,7 +35,7 @@ def _print_prediction(prediction: Prediction) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    classifier = load_classifier(settings, progress=sys.stderr.isatty())
+    classifier = load_classifier(settings, progress=stream_is_tty(sys.stderr))
     if classifier.synthetic_weights and not args.json:
         print(SYNTHETIC_BANNER, file=sys.stderr)
     failures = 0
@@ -57,6 +64,29 @@ def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    from moments_stream.redis_conn import ensure_redis
+
+    from .launcher import run_consumers
+
+    settings = settings_from_args(args)
+    ensure_redis(settings)
+    summaries = run_consumers(
+        settings, args.workers, idle_exit_s=args.idle_exit, function_timeout_s=args.function_timeout
+    )
+    for summary in summaries:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .launcher import request_stop
+
+    told = request_stop(settings_from_args(args))
+    print(f"stop requested; {told} running worker(s) told to finish their current video")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consumer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--seed", type=int, default=0)
     add_common_options(checkpoint)
     checkpoint.set_defaults(handler=cmd_make_test_checkpoint)
+    start = sub.add_parser("start", help="run N long-running consumer functions on Lithops")
+    start.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="functions to keep running")
+    start.add_argument("--idle-exit", type=int, metavar="S", help="a function exits after S seconds without work")
+    start.add_argument(
+        "--function-timeout",
+        type=int,
+        default=DEFAULT_FUNCTION_TIMEOUT_S,
+        metavar="S",
+        help="the backend's time limit per function; consumers exit before it and are relaunched",
+    )
+    add_model_options(start)
+    add_redis_options(start)
+    add_common_options(start)
+    start.set_defaults(handler=cmd_start)
+
+    stop = sub.add_parser("stop", help="tell every running consumer to finish its current video and exit")
+    add_redis_options(stop)
+    add_common_options(stop)
+    stop.set_defaults(handler=cmd_stop)
     return parser
 
 

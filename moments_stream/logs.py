@@ -12,10 +12,16 @@ from typing import Any
 import structlog
 
 
+def stream_is_tty(stream: Any) -> bool:
+    """Lithops replaces sys.stdout/stderr in its functions with streams that lack ``isatty``."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def configure_logging(verbose: bool = False, json_logs: bool | None = None) -> None:
     """Route structlog (and stdlib logging, e.g. Lithops and rq) to stderr."""
     if json_logs is None:
-        json_logs = not sys.stderr.isatty()
+        json_logs = not stream_is_tty(sys.stderr)
     level = logging.DEBUG if verbose else logging.INFO
     renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=True)
     structlog.configure(

@@ -167,3 +167,11 @@ class Settings:
     @property
     def categories_source(self) -> str:
         return self.categories or self.release.categories_url
+
+
+# The consumer's rq job interface, referenced by dotted path so the producer need not import
+# torch: enqueueing must stay light.
+CLASSIFY_JOB = "consumer.jobs.classify_video"
+FAILURE_CALLBACK = "consumer.jobs.on_job_failure"
+# rq retries a failed attempt after these many seconds (then gives up: failed registry).
+RETRY_INTERVALS_S = (5, 30)

@@ -1,0 +1,1 @@
+"""Aggregator stage: drain the predictions queue into live per-category counts in Redis."""

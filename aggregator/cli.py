@@ -1,0 +1,77 @@
+"""``aggregator``: keep live per-category counts in Redis; print them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import redis
+
+from moments_stream import keys, ledger
+from moments_stream.cli_common import add_common_options, add_redis_options, run_cli, settings_from_args
+from moments_stream.lithops_env import results_queue
+from moments_stream.logs import get_logger
+from moments_stream.redis_conn import ensure_redis
+
+from .drain import drain
+
+log = get_logger(__name__)
+
+
+def format_counts(client: redis.Redis) -> str:
+    rows = ledger.sorted_counts(ledger.counts(client))
+    total = sum(count for _, count in rows)
+    width = max([len(name) for name, _ in rows] + [8])
+    lines = [f"{'category':<{width}}  count"]
+    lines += [f"{name:<{width}}  {count:>5}" for name, count in rows]
+    lines.append(f"{'total':<{width}}  {total:>5}")
+    pending, failed = ledger.pending_count(client), client.hlen(keys.failed())
+    lines.append(f"pending {pending}, failed {failed}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    log.info("aggregator_started", idle_exit_s=args.idle_exit)
+    report = drain(client, results_queue(client, settings), idle_exit_s=args.idle_exit)
+    print(f"counted {report.counted}, duplicates {report.duplicates}, failed {report.failed}")
+    return 0
+
+
+def cmd_counts(args: argparse.Namespace) -> int:
+    client = ensure_redis(settings_from_args(args))
+    if not args.watch:
+        print(format_counts(client))
+        return 0
+    while True:
+        print("\033[2J\033[H" + format_counts(client), flush=True)
+        time.sleep(args.interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aggregator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="drain predictions into the counts until interrupted")
+    run.add_argument("--idle-exit", type=float, metavar="S",
+                     help="return once nothing arrived for S seconds and no video is pending")  # fmt: skip
+    add_redis_options(run)
+    add_common_options(run)
+    run.set_defaults(handler=cmd_run)
+    counts = sub.add_parser("counts", help="print the category counts, most frequent first")
+    counts.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    counts.add_argument("--interval", type=float, default=2.0)
+    add_redis_options(counts)
+    add_common_options(counts)
+    counts.set_defaults(handler=cmd_counts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

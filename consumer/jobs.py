@@ -1,0 +1,114 @@
+"""The rq job a consumer runs for each video, and its failure callback.
+
+A worker binds its :class:`WorkerContext` (the model it holds, storage, the results queue)
+once; each job then only downloads, classifies and publishes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from lithops.storage.utils import StorageNoSuchKeyError
+
+from moments_stream import ledger
+from moments_stream.errors import MomentsError, VideoDecodeError
+from moments_stream.logs import get_logger
+from moments_stream.settings import Settings
+
+from .classify import Classifier
+
+log = get_logger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    classifier: Classifier
+    storage: Any
+    results: Any  # lithops.multiprocessing.Queue
+    settings: Settings
+    worker_id: str
+
+
+_context: WorkerContext | None = None
+
+
+def bind_context(context: WorkerContext | None) -> None:
+    global _context
+    _context = context
+
+
+def current_context() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("classify_video runs inside a moments-stream consumer worker (consumer start)")
+    return _context
+
+
+def safe_local_name(key: str) -> str:
+    """A file name for ``key`` that cannot escape the temporary directory it is joined to."""
+    base = key.rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "video"
+    return cleaned[-100:]
+
+
+def download(context: WorkerContext, key: str, directory: str) -> str:
+    """Stream ``key`` into ``directory`` with a size cap; returns the local path."""
+    limit = context.settings.max_video_bytes
+    path = os.path.join(directory, safe_local_name(key))
+    try:
+        body = context.storage.get_object(context.settings.bucket, key, stream=True)
+    except StorageNoSuchKeyError:
+        raise VideoDecodeError(key, "the object no longer exists in storage (deleted after enqueue)") from None
+    written = 0
+    with open(path, "wb") as out:
+        while chunk := body.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                raise VideoDecodeError(key, f"larger than the {limit:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)")
+            out.write(chunk)
+    return path
+
+
+def classify_video(key: str, fingerprint: str) -> str:
+    """rq job: classify one stored video and publish the outcome for the aggregator."""
+    context = current_context()
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="moments-") as directory:
+            local = download(context, key, directory)
+            downloaded = time.perf_counter()
+            prediction = context.classifier.classify_file(local, name=key)
+    except VideoDecodeError as error:
+        # Deterministic: retrying cannot help, so it is published as a failure right away.
+        context.results.put({"outcome": "failed", "video": key, "fingerprint": fingerprint,
+                             "error": error.message, "worker": context.worker_id})  # fmt: skip
+        log.warning("video_failed", video=key, worker=context.worker_id, error=error.message)
+        return "failed"
+    record = prediction.to_dict()
+    record.update(
+        outcome="counted",
+        fingerprint=fingerprint,
+        worker=context.worker_id,
+        download_ms=round((downloaded - started) * 1000, 2),
+        total_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    context.results.put(record)
+    log.info("video_classified", video=key, worker=context.worker_id, top1=prediction.top1,
+             decode_ms=prediction.decode_ms, infer_ms=prediction.infer_ms, total_ms=record["total_ms"])  # fmt: skip
+    return prediction.top1
+
+
+def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
+    """rq failure callback: on the last attempt, record the video as failed with its error."""
+    key, fingerprint = job.args
+    message = exc_value.message if isinstance(exc_value, MomentsError) else f"{exc_type.__name__}: {exc_value}"
+    if job.retries_left:
+        log.warning("video_attempt_failed", video=key, error=message, retries_left=job.retries_left)
+        return
+    ledger.record_failure(connection, key, fingerprint, message or exc_type.__name__)
+    log.error("video_failed", video=key, error=message)

@@ -1,0 +1,97 @@
+"""Launching N long-running consumer functions on Lithops and keeping N alive while work remains."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import lithops
+from lithops.wait import ANY_COMPLETED
+
+from moments_stream import keys, ledger
+from moments_stream.lithops_env import lithops_config
+from moments_stream.logs import get_logger
+from moments_stream.redis_conn import connect
+from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_STOP_MARGIN_S, Settings
+
+from . import assets
+from .worker import run_consumer
+
+log = get_logger(__name__)
+
+
+def with_local_assets(settings: Settings) -> Settings:
+    """Download weights and categories once here instead of once per function (localhost)."""
+    release = settings.release
+    weights = assets.resolve(
+        settings.weights_source,
+        settings.cache_dir,
+        expected_size=release.weights_size if settings.weights is None else None,
+        expected_sha256=settings.weights_sha256,
+    )
+    categories = assets.resolve(settings.categories_source, settings.cache_dir)
+    return dataclasses.replace(settings, weights=str(weights), categories=str(categories))
+
+
+def request_stop(settings: Settings) -> int:
+    """Ask every consumer to finish its current video and exit; returns how many rq workers were told."""
+    from rq import Worker
+    from rq.command import send_shutdown_command
+
+    from moments_stream.queues import video_queue
+
+    client = connect(settings.redis_url)
+    client.set(keys.stop_consumers(), "1")
+    workers = Worker.all(queue=video_queue(client, settings))
+    for worker in workers:
+        send_shutdown_command(client, worker.name)
+    return len(workers)
+
+
+def run_consumers(
+    settings: Settings,
+    workers: int,
+    idle_exit_s: int | None = None,
+    function_timeout_s: int = DEFAULT_FUNCTION_TIMEOUT_S,
+    stop_event: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``workers`` consumer functions until stopped, idle or out of work; relaunch those that
+    reach their time limit (or die) while videos are still pending."""
+    client = connect(settings.redis_url)
+    client.delete(keys.stop_consumers())
+    config = lithops_config(settings, workers=workers, execution_timeout=function_timeout_s)
+    if config["lithops"]["backend"] == "localhost":
+        settings = with_local_assets(settings)
+    max_runtime_s = max(30, function_timeout_s - min(DEFAULT_STOP_MARGIN_S, function_timeout_s // 4))
+    executor = lithops.FunctionExecutor(config=config)
+    call = {"settings": settings, "max_runtime_s": max_runtime_s, "idle_exit_s": idle_exit_s}
+
+    def launch(count: int) -> list[Any]:
+        return [executor.call_async(run_consumer, call) for _ in range(count)]
+
+    running = launch(workers)
+    # A function that crashes at start (bad weights, unreachable Redis) would crash again.
+    relaunches_left = 3 * workers
+    summaries: list[dict[str, Any]] = []
+    log.info("consumers_launched", workers=workers, backend=config["lithops"]["backend"],
+             max_runtime_s=max_runtime_s, idle_exit_s=idle_exit_s)  # fmt: skip
+    while running:
+        done, running = executor.wait(running, return_when=ANY_COMPLETED, throw_except=False,
+                                      show_progressbar=False, wait_dur_sec=1)  # fmt: skip
+        running = list(running)
+        for future in done:
+            try:
+                summary = future.result(throw_except=True)
+            except Exception as error:
+                summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
+                log.error("consumer_crashed", error=summary["error"])
+            summaries.append(summary)
+            stopping = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers())
+            wanted = summary.get("reason") == "deadline" or (summary.get("reason") == "crashed" and relaunches_left > 0)
+            if not stopping and wanted and ledger.pending_count(client):
+                relaunches_left -= summary.get("reason") == "crashed"
+                log.info("consumer_relaunched", previous=summary.get("worker"), reason=summary.get("reason"))
+                running.extend(launch(1))
+    executor.clean(clean_cloudobjects=True)
+    return summaries

@@ -1,0 +1,122 @@
+"""The long-running consumer function that Lithops runs: load the model once, pull until told to stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+
+from moments_stream import keys
+from moments_stream.lithops_env import results_queue
+from moments_stream.lithops_env import storage as lithops_storage
+from moments_stream.logs import configure_logging, get_logger
+from moments_stream.queues import video_queue
+from moments_stream.redis_conn import connect
+from moments_stream.settings import Settings
+
+from .classify import load_classifier
+from .jobs import WorkerContext, bind_context
+
+log = get_logger(__name__)
+
+# How often an idle worker looks at the stop flag and its deadline.
+POLL_S = 2
+
+
+class ConsumerWorker(SimpleWorker):
+    """An rq worker that also stops at a deadline or when ``consumer stop`` sets the stop flag."""
+
+    # Lithops may run the function off the main thread, where SIGALRM cannot be used.
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self.exit_reason = "idle"
+        self.jobs_run = 0
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            super()._install_signal_handlers()
+
+    def should_stop(self) -> bool:
+        if self.connection.exists(keys.stop_consumers()):
+            self.exit_reason = "stopped"
+            return True
+        if time.monotonic() >= self.deadline:
+            self.exit_reason = "deadline"
+            return True
+        return False
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):  # type: ignore[override]
+        idle_since = time.monotonic()
+        while not self.should_stop():
+            wait = min(POLL_S, self.deadline - time.monotonic())
+            if max_idle_time is not None:
+                idle_left = max_idle_time - (time.monotonic() - idle_since)
+                if idle_left <= 0:
+                    self.exit_reason = "idle"
+                    return None
+                wait = min(wait, idle_left)
+            result = super().dequeue_job_and_maintain_ttl(timeout, max(1, int(wait)))
+            if result is not None:
+                return result
+        return None
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        super().execute_job(job, queue)
+        self.jobs_run += 1
+        if self.should_stop():
+            self._stop_requested = True
+
+
+def connect_with_backoff(url: str, attempts: int = 8) -> redis.Redis:
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect(url)
+        except Exception as error:
+            if attempt == attempts:
+                raise
+            log.warning("redis_unreachable_retrying", attempt=attempt, delay_s=delay, error=str(error))
+            time.sleep(delay)
+            delay = min(delay * 2, 15)
+    raise AssertionError("unreachable")
+
+
+def run_consumer(settings: Settings, max_runtime_s: float, idle_exit_s: int | None = None) -> dict[str, Any]:
+    """The Lithops function body. Returns a summary of what this worker did and why it stopped."""
+    configure_logging()
+    started = time.monotonic()
+    worker_id = f"moments-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    client = connect_with_backoff(settings.redis_url)
+    classifier = load_classifier(settings, progress=False)
+    bind_context(
+        WorkerContext(classifier, lithops_storage(settings), results_queue(client, settings), settings, worker_id)
+    )
+    worker = ConsumerWorker(
+        [video_queue(client, settings)],
+        connection=client,
+        name=worker_id,
+        deadline=started + max_runtime_s,
+        maintenance_interval=60,
+    )
+    log.info("consumer_started", worker=worker_id, model_id=classifier.model_id,
+             load_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+    worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
+    summary = {
+        "worker": worker_id,
+        "jobs": worker.jobs_run,
+        "reason": worker.exit_reason,
+        "runtime_s": round(time.monotonic() - started, 1),
+    }
+    log.info("consumer_stopped", **summary)
+    bind_context(None)
+    return summary

@@ -1,0 +1,116 @@
+"""``moments-stream run DIR``: the whole pipeline on a local folder, on the embedded default.
+
+Starts (or reuses) Redis, uploads the folder into Lithops storage, enqueues what is new,
+runs consumer functions and the aggregator until every enqueued video is counted or failed,
+then prints the counts. The data stays in Redis for ``redis-cli`` and for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aggregator.cli import format_counts
+from aggregator.drain import drain
+from consumer.launcher import run_consumers
+from producer.cli import enqueue_prefix, normalise_prefix, upload
+
+from . import keys, ledger
+from .cli_common import add_common_options, add_model_options, add_redis_options, run_cli, settings_from_args
+from .lithops_env import results_queue
+from .logs import get_logger, stream_is_tty
+from .redis_conn import ensure_redis
+from .settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_WORKERS
+
+log = get_logger(__name__)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    prefix = normalise_prefix(args.prefix)
+    print(upload(settings, Path(args.directory), prefix), file=sys.stderr)
+    print(enqueue_prefix(settings, prefix), file=sys.stderr)
+
+    stop_aggregator = threading.Event()
+    results = results_queue(client, settings)
+    aggregator = threading.Thread(
+        target=drain,
+        args=(client, results),
+        kwargs={"stop_event": stop_aggregator},
+        name="aggregator",
+        daemon=True,
+    )
+    aggregator.start()
+    total = ledger.pending_count(client)
+    consumers_done = threading.Event()
+    summaries: list[dict] = []
+
+    def consume() -> None:
+        try:
+            summaries.extend(
+                run_consumers(
+                    settings, args.workers, idle_exit_s=args.idle_exit, function_timeout_s=args.function_timeout
+                )
+            )
+        finally:
+            consumers_done.set()
+
+    consumers = threading.Thread(target=consume, name="consumers", daemon=True)
+    if total:
+        consumers.start()
+    with tqdm(total=total, unit="video", desc="classifying", disable=not stream_is_tty(sys.stderr)) as bar:
+        while total:
+            left = ledger.pending_count(client)
+            bar.update(total - left - bar.n)
+            if left == 0 or consumers_done.is_set():
+                break
+            time.sleep(0.5)
+    if total:
+        client.set(keys.stop_consumers(), "1")
+        consumers.join()
+    # Whatever the consumers published is still on the queue until drained.
+    deadline = time.monotonic() + 30
+    while results.qsize() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop_aggregator.set()
+    aggregator.join()
+    print(format_counts(client))
+    left = ledger.pending_count(client)
+    if left:
+        print(f"{left} video(s) still pending: run again, or see `rq info` and `consumer start`", file=sys.stderr)
+        return 1
+    failed = client.hlen(keys.failed())
+    if failed:
+        print(f"{failed} video(s) failed: `redis-cli HGETALL {keys.failed()}` lists them", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moments-stream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="classify every video in DIR and print live category counts")
+    run.add_argument("directory", help="local folder of videos (searched recursively)")
+    run.add_argument("--prefix", default="videos/", help="storage prefix to upload under (default videos/)")
+    run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="consumer functions (default 1)")
+    run.add_argument("--idle-exit", type=int, default=30, metavar="S", help="consumers exit after S idle seconds")
+    run.add_argument("--function-timeout", type=int, default=DEFAULT_FUNCTION_TIMEOUT_S, metavar="S")
+    add_model_options(run)
+    add_redis_options(run)
+    add_common_options(run)
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

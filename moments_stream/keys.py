@@ -1,0 +1,43 @@
+"""Every Redis key moments-stream writes, one small function each (rq's own keys start ``rq:``).
+
+The video queue itself is an rq queue (``rq:queue:<name>``), so ``rq info`` shows it.
+"""
+
+from __future__ import annotations
+
+PREFIX = "moments"
+
+
+def seen() -> str:
+    """Hash: video key -> fingerprint last enqueued (size + etag/mtime). Drives "only new ones"."""
+    return f"{PREFIX}:seen"
+
+
+def pending() -> str:
+    """Hash: video key -> fingerprint enqueued and not yet counted or failed."""
+    return f"{PREFIX}:pending"
+
+
+def predictions() -> str:
+    """Hash: video key -> JSON record (top-5, model id, fingerprint, worker, timings)."""
+    return f"{PREFIX}:predictions"
+
+
+def counts() -> str:
+    """Hash: category -> number of videos whose top-1 it is."""
+    return f"{PREFIX}:counts"
+
+
+def failed() -> str:
+    """Hash: video key -> JSON (fingerprint, error, attempts) for videos that could not be classified."""
+    return f"{PREFIX}:failed"
+
+
+def results_queue() -> str:
+    """String: the pickled handle of the lithops.multiprocessing.Queue consumers publish on."""
+    return f"{PREFIX}:results-queue"
+
+
+def stop_consumers() -> str:
+    """String, set by ``consumer stop``: consumers finish their video and exit; none is relaunched."""
+    return f"{PREFIX}:consumers:stop"

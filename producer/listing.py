@@ -1,0 +1,80 @@
+"""Listing objects under a prefix as a stream: never the whole listing in memory.
+
+S3-compatible backends page through ``list_objects_v2`` (1000 keys a page). Lithops'
+localhost backend is a directory tree, walked lazily with ``os.scandir``. Other backends
+fall back to Lithops' ``list_objects``, which returns one list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lithops.constants import LITHOPS_TEMP_DIR
+
+from moments_stream.errors import ConfigError
+from moments_stream.settings import DEFAULT_VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    version: str  # etag, or mtime on localhost: changes when the file is replaced
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.size}:{self.version}"
+
+
+def is_video_key(key: str, extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS) -> bool:
+    return key.rsplit(".", 1)[-1].lower() in extensions if "." in key.rsplit("/", 1)[-1] else False
+
+
+def _walk(directory: str) -> Iterator[os.DirEntry[str]]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif entry.is_file(follow_symlinks=False):
+            yield entry
+
+
+def iter_localhost(bucket: str, prefix: str) -> Iterator[StoredObject]:
+    root = os.path.join(LITHOPS_TEMP_DIR, bucket)
+    if not os.path.isdir(root):
+        raise ConfigError(
+            f"bucket {bucket!r} does not exist in Lithops localhost storage ({root})",
+            fix="upload videos first (`producer upload DIR PREFIX`) or set --bucket/MOMENTS_BUCKET",
+        )
+    start = os.path.join(root, os.path.dirname(prefix))
+    for entry in _walk(start):
+        key = os.path.relpath(entry.path, root).replace(os.sep, "/")
+        if key.startswith(prefix):
+            stat = entry.stat(follow_symlinks=False)
+            yield StoredObject(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
+
+
+def iter_paginated(client: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
+    paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            yield StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))
+
+
+def iter_objects(storage: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
+    """Every object under ``prefix`` in ``bucket``, lazily, in key order per page."""
+    backend = getattr(storage, "backend", "")
+    if backend == "localhost":
+        yield from iter_localhost(bucket, prefix)
+        return
+    client = storage.get_client()  # type: ignore[attr-defined]
+    if hasattr(client, "get_paginator"):
+        yield from iter_paginated(client, bucket, prefix)
+        return
+    for item in storage.list_objects(bucket, prefix=prefix):  # type: ignore[attr-defined]
+        yield StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))

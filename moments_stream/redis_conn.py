@@ -37,6 +37,11 @@ def connect(url: str) -> redis.Redis:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         client.ping()
     except redis.AuthenticationError as error:
+        if urlparse(url).password is None:
+            raise RedisUnavailableError(
+                f"Redis at {redact(url)} requires a password",
+                fix="put it in MOMENTS_REDIS_URL, e.g. redis://:PASSWORD@host:6379/0",
+            ) from None
         raise RedisUnavailableError(
             f"Redis at {redact(url)} refused the credentials: {error}",
             fix="put the right password in MOMENTS_REDIS_URL, e.g. redis://:PASSWORD@host:6379/0",
@@ -97,7 +102,7 @@ def start_redis_server(port: int, data_dir: Path, extra_args: list[str] | None =
         try:
             if redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping():
                 return int(pidfile.read_text().strip()) if pidfile.exists() else 0
-        except redis.ResponseError:
+        except (redis.AuthenticationError, redis.ResponseError):
             return int(pidfile.read_text().strip()) if pidfile.exists() else 0
         except redis.ConnectionError:
             time.sleep(0.05)

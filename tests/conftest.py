@@ -49,3 +49,21 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory, checkpoint_v1: Path,
 @pytest.fixture(scope="session")
 def classifier(base_settings: Settings) -> Classifier:
     return load_classifier(base_settings, progress=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    from tests.redis_server import running_redis
+
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture()
+def redis_client(redis_url: str):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()

@@ -1,0 +1,147 @@
+"""The pipeline as users run it: real CLIs, a real redis-server, real Lithops localhost functions.
+
+Counts are checked against direct `consumer classify` results on the same clips.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from lithops.constants import LITHOPS_TEMP_DIR
+
+from tests.media import synthetic_frames, write_h264, write_opencv
+from tests.redis_server import running_redis
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def make_clips(directory: Path, seeds: range) -> list[Path]:
+    """3 s, 30 fps clips like MiT's: H.264 mostly, every third one mp4v."""
+    directory.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for seed in seeds:
+        frames = synthetic_frames(90, height=96, width=128, seed=seed)
+        if seed % 3 == 2:
+            clips.append(write_opencv(directory / f"clip{seed:02d}.mp4", frames, "mp4v"))
+        else:
+            clips.append(write_h264(directory / f"clip{seed:02d}.mp4", frames))
+    return clips
+
+
+@pytest.fixture()
+def pipeline_env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    with running_redis(tmp_path / "redis") as url:
+        env = dict(
+            os.environ,
+            MOMENTS_REDIS_URL=url,
+            MOMENTS_EMBEDDED_REDIS="0",
+            MOMENTS_BUCKET=bucket,
+            MOMENTS_WEIGHTS=str(checkpoint_v1),
+            MOMENTS_CATEGORIES=str(categories_v1),
+            MOMENTS_NUM_FRAMES="8",
+            MOMENTS_DATA_DIR=str(tmp_path / "data"),
+        )
+        yield env
+    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, bucket), ignore_errors=True)
+
+
+def run(env: dict[str, str], *command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return done
+
+
+def counts(env: dict[str, str]) -> dict[str, int]:
+    client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
+    return {k.decode(): int(v) for k, v in client.hgetall("moments:counts").items()}
+
+
+def direct_top1(env: dict[str, str], clips: list[Path]) -> dict[str, str]:
+    done = run(env, "consumer", "classify", "--json", *map(str, clips))
+    assert done.returncode == 0, done.stderr
+    return {Path(r["video"]).name: r["top5"][0][0] for r in map(json.loads, done.stdout.splitlines())}
+
+
+def test_main_command_counts_exactly_and_only_new_videos(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    first = make_clips(folder, range(6))
+    later = make_clips(tmp_path / "later", range(6, 9))
+    expected = direct_top1(pipeline_env, first + later)
+    assert len(set(expected.values())) > 1, "test clips should not all share one top-1"
+
+    done = run(pipeline_env, "moments-stream", "run", str(folder), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "enqueued 6, skipped 0" in done.stderr
+    first_counts = counts(pipeline_env)
+    assert sum(first_counts.values()) == 6
+    assert first_counts == collections.Counter(expected[p.name] for p in first)
+    assert "total" in done.stdout and all(name in done.stdout for name in first_counts)
+
+    again = run(pipeline_env, "moments-stream", "run", str(folder), "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert "enqueued 0, skipped 6" in again.stderr
+    assert counts(pipeline_env) == first_counts
+
+    for clip in later:
+        shutil.copy(clip, folder / clip.name)
+    grown = run(pipeline_env, "moments-stream", "run", str(folder), "--workers", "2")
+    assert grown.returncode == 0, grown.stderr
+    assert "enqueued 3, skipped 6" in grown.stderr
+    final = counts(pipeline_env)
+    assert sum(final.values()) == 9
+    assert final == collections.Counter(expected.values())
+
+    reenqueue = run(pipeline_env, "producer", "enqueue", "videos/")
+    assert reenqueue.returncode == 0, reenqueue.stderr
+    assert reenqueue.stdout.strip() == "enqueued 0, skipped 9"
+
+
+def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    clips = make_clips(folder, range(20, 23))
+    (folder / "corrupt.mp4").write_bytes(bytes(np.random.default_rng(1).integers(0, 256, 40_000, dtype=np.uint8)))
+    expected = direct_top1(pipeline_env, clips)
+
+    assert run(pipeline_env, "producer", "upload", str(folder), "batch/").returncode == 0
+    enqueued = run(pipeline_env, "producer", "enqueue", "batch/")
+    assert enqueued.stdout.strip() == "enqueued 4, skipped 0", enqueued.stderr
+
+    aggregator = subprocess.Popen([str(BIN / "aggregator"), "run", "--idle-exit", "5"], env=pipeline_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    consumers = run(pipeline_env, "consumer", "start", "--workers", "2", "--idle-exit", "5")
+    assert consumers.returncode == 0, consumers.stderr
+    summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
+    assert len(summaries) == 2 and sum(s["jobs"] for s in summaries) == 4
+    out, err = aggregator.communicate(timeout=120)
+    assert aggregator.returncode == 0, err
+    assert out.strip() == "counted 3, duplicates 0, failed 1"
+
+    assert counts(pipeline_env) == collections.Counter(expected.values())
+    client = redis.Redis.from_url(pipeline_env["MOMENTS_REDIS_URL"])
+    failure = json.loads(client.hget("moments:failed", "batch/corrupt.mp4"))
+    assert "cannot decode" in failure["error"]
+    assert client.hlen("moments:pending") == 0
+    table = run(pipeline_env, "aggregator", "counts")
+    assert "pending 0, failed 1" in table.stdout and "total      " in table.stdout
+
+
+def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.redis_server import free_port
+
+    env = dict(pipeline_env, MOMENTS_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    done = run(env, "producer", "enqueue", "videos/")
+    assert done.returncode == 2
+    assert env["MOMENTS_REDIS_URL"] in done.stderr and "fix:" in done.stderr

@@ -1,0 +1,129 @@
+"""Listing and enqueueing against Lithops localhost storage and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from lithops.constants import LITHOPS_TEMP_DIR
+
+from consumer.jobs import safe_local_name
+from moments_stream import keys
+from moments_stream.errors import ConfigError, RedisUnavailableError
+from moments_stream.queues import video_queue
+from moments_stream.redis_conn import connect, lithops_redis_section, redact
+from moments_stream.settings import Settings
+from producer.cli import enqueue_prefix, normalise_prefix
+from producer.enqueue import enqueue_objects
+from producer.listing import StoredObject, is_video_key, iter_localhost
+from producer.upload import upload_directory
+from tests.redis_server import free_port, running_redis
+
+
+@pytest.fixture()
+def bucket() -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    os.makedirs(os.path.join(LITHOPS_TEMP_DIR, name), exist_ok=True)
+    yield name
+    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, name), ignore_errors=True)
+
+
+def put(bucket: str, key: str, data: bytes = b"video") -> None:
+    path = Path(LITHOPS_TEMP_DIR, bucket, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("a/b.mp4", True), ("a/b.MOV", True), ("x.webm", True), ("a/b.txt", False), ("a.mp4/readme", False),
+     ("noext", False), ("c.m4v", True), ("d.mkv", True), ("e.avi", True)],
+)  # fmt: skip
+def test_is_video_key(key: str, expected: bool) -> None:
+    assert is_video_key(key) is expected
+
+
+def test_localhost_listing_is_lazy_recursive_and_prefix_exact(bucket: str) -> None:
+    for key in ("v/a.mp4", "v/sub/b.avi", "v2/c.mp4", "w/d.mp4"):
+        put(bucket, key)
+    listing = iter_localhost(bucket, "v/")
+    assert not isinstance(listing, list)
+    assert sorted(o.key for o in listing) == ["v/a.mp4", "v/sub/b.avi"]
+    assert sorted(o.key for o in iter_localhost(bucket, "v")) == ["v/a.mp4", "v/sub/b.avi", "v2/c.mp4"]
+
+
+def test_unknown_bucket_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        list(iter_localhost(f"missing-{uuid.uuid4().hex}", "v/"))
+
+
+def test_enqueue_only_new_or_replaced(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    objects = [StoredObject(f"v/{i}.mp4", 10, "1") for i in range(5)] + [StoredObject("v/notes.txt", 1, "1")]
+    first = enqueue_objects(redis_client, settings, objects)
+    assert (first.enqueued, first.skipped, first.ignored) == (5, 0, 1)
+    assert len(video_queue(redis_client, settings)) == 5
+    again = enqueue_objects(redis_client, settings, objects)
+    assert (again.enqueued, again.skipped) == (0, 5)
+    replaced = [StoredObject("v/0.mp4", 11, "2"), StoredObject("v/9.mp4", 10, "1"), *objects[1:]]
+    third = enqueue_objects(redis_client, settings, replaced)
+    assert (third.enqueued, third.skipped) == (2, 4)
+    assert redis_client.hget(keys.pending(), "v/0.mp4") == b"11:2"
+    job = video_queue(redis_client, settings).jobs[0]
+    assert job.func_name == "consumer.jobs.classify_video" and job.args == ("v/0.mp4", "10:1")
+
+
+def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    settings = Settings.from_env({}).replace(redis_url=redis_url, bucket=bucket)
+    (tmp_path / "in").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "in" / name).write_bytes(name.encode() * 100)
+    storage_settings = __import__("moments_stream.lithops_env", fromlist=["storage"]).storage(settings)
+    assert upload_directory(storage_settings, bucket, tmp_path / "in", "p/").uploaded == 2
+    assert str(enqueue_prefix(settings, "p/")) == "enqueued 2, skipped 0"
+    assert upload_directory(storage_settings, bucket, tmp_path / "in", "p/").unchanged == 2
+    assert str(enqueue_prefix(settings, "p/")) == "enqueued 0, skipped 2"
+    with pytest.raises(ConfigError, match="no objects under prefix"):
+        enqueue_prefix(settings, "nothing-here/")
+
+
+def test_normalise_prefix() -> None:
+    assert normalise_prefix("/videos") == "videos/" and normalise_prefix("a/b/") == "a/b/"
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../x.mp4", "/abs/path.mp4", "..", "a\\..\\b.mp4", "é ü.mp4"])
+def test_storage_keys_never_escape_the_download_directory(key: str, tmp_path: Path) -> None:
+    name = safe_local_name(key)
+    assert "/" not in name and "\\" not in name and not name.startswith(".")
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_unreachable_redis_names_the_url_and_fix() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisUnavailableError) as caught:
+        connect(url)
+    assert url in caught.value.message and "MOMENTS_REDIS_URL" in caught.value.fix
+
+
+def test_wrong_or_missing_password_is_a_clear_error(tmp_path: Path) -> None:
+    with running_redis(tmp_path, password="s3cret") as url:
+        assert connect(url).ping()
+        wrong = url.replace("s3cret", "nope")
+        with pytest.raises(RedisUnavailableError, match="refused the credentials") as caught:
+            connect(wrong)
+        assert "nope" not in caught.value.message
+        with pytest.raises(RedisUnavailableError, match="requires a password"):
+            connect(url.replace(":s3cret@", ""))
+
+
+def test_redis_url_translations() -> None:
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert lithops_redis_section("rediss://user:pw@h:6380/2") == {
+        "host": "h", "port": 6380, "db": 2, "username": "user", "password": "pw", "ssl": True,
+    }  # fmt: skip

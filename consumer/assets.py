@@ -85,7 +85,8 @@ def download(
         reason = getattr(error, "reason", None) or error
         raise AssetError(
             f"cannot download {url}: {reason}",
-            fix=f"download it by hand (e.g. `curl -L -o {target} {url}`) or pass a local path instead",
+            fix=f"download it by hand (`curl -L -o {target} {url}`) or pass a local file "
+            "(--weights/--categories or MOMENTS_WEIGHTS/MOMENTS_CATEGORIES)",
         ) from None
     finally:
         partial.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from aggregator.cli import format_counts
 from aggregator.drain import drain
-from consumer.launcher import run_consumers
+from consumer.launcher import run_consumers, with_local_assets
 from producer.cli import enqueue_prefix, normalise_prefix, upload
 
 from . import keys, ledger
@@ -34,6 +34,8 @@ log = get_logger(__name__)
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
+    # Fail before touching storage or the queue when the model cannot be had.
+    settings = with_local_assets(settings)
     prefix = normalise_prefix(args.prefix)
     print(upload(settings, Path(args.directory), prefix), file=sys.stderr)
     print(enqueue_prefix(settings, prefix), file=sys.stderr)
@@ -51,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = ledger.pending_count(client)
     consumers_done = threading.Event()
     summaries: list[dict] = []
+    errors: list[BaseException] = []
 
     def consume() -> None:
         try:
@@ -59,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     settings, args.workers, idle_exit_s=args.idle_exit, function_timeout_s=args.function_timeout
                 )
             )
+        except BaseException as error:
+            errors.append(error)
         finally:
             consumers_done.set()
 
@@ -81,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     stop_aggregator.set()
     aggregator.join()
+    if errors:
+        raise errors[0]
     print(format_counts(client))
     left = ledger.pending_count(client)
     if left:

@@ -127,3 +127,22 @@ def test_redis_url_translations() -> None:
     assert lithops_redis_section("rediss://user:pw@h:6380/2") == {
         "host": "h", "port": 6380, "db": 2, "username": "user", "password": "pw", "ssl": True,
     }  # fmt: skip
+
+
+def test_embedded_redis_starts_on_the_default_url_with_aof(tmp_path: Path) -> None:
+    from moments_stream.redis_conn import ensure_redis
+
+    try:
+        connect("redis://127.0.0.1:6379/0")
+        pytest.skip("a Redis already listens on 127.0.0.1:6379")
+    except RedisUnavailableError:
+        pass
+    settings = Settings.from_env({}).replace(data_dir=tmp_path)
+    client = ensure_redis(settings)
+    try:
+        client.set("moments:probe", "1")
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert Path(client.config_get("dir")["dir"]) == tmp_path / "redis"
+        assert ensure_redis(settings).get("moments:probe") == b"1"  # reused, not restarted
+    finally:
+        client.shutdown(nosave=True)

@@ -105,20 +105,25 @@ class Classifier:
         )
 
 
+def resolve_model_files(settings: Settings, progress: bool = True) -> tuple[Path, Path]:
+    """Local weights and categories files, downloading (and size-checking) release URLs once."""
+    weights = assets.resolve(
+        settings.weights_source,
+        settings.cache_dir,
+        # The known size applies to the release download, not to a file the user names.
+        expected_size=settings.release.weights_size if settings.weights is None else None,
+        expected_sha256=settings.weights_sha256,
+        progress=progress,
+    )
+    return weights, assets.resolve(settings.categories_source, settings.cache_dir, progress=progress)
+
+
 def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
     """Resolve weights and categories (downloading if needed) and build the model once."""
     started = time.perf_counter()
     release = settings.release
-    weights_path = assets.resolve(
-        settings.weights_source,
-        settings.cache_dir,
-        expected_size=release.weights_size if settings.weights is None else None,
-        expected_sha256=settings.weights_sha256,
-        progress=progress,
-    )
-    categories = assets.load_categories(
-        assets.resolve(settings.categories_source, settings.cache_dir, progress=progress)
-    )
+    weights_path, categories_path = resolve_model_files(settings, progress=progress)
+    categories = assets.load_categories(categories_path)
     state_dict, synthetic = load_checkpoint(weights_path)
     model = build_model(state_dict, expected_classes=len(categories))
     device = resolve_device(settings.device)

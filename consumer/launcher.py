@@ -15,7 +15,7 @@ from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_STOP_MARGIN_S, Settings
 
-from . import assets
+from .classify import resolve_model_files
 from .worker import run_consumer
 
 log = get_logger(__name__)
@@ -23,14 +23,7 @@ log = get_logger(__name__)
 
 def with_local_assets(settings: Settings) -> Settings:
     """Download weights and categories once here instead of once per function (localhost)."""
-    release = settings.release
-    weights = assets.resolve(
-        settings.weights_source,
-        settings.cache_dir,
-        expected_size=release.weights_size if settings.weights is None else None,
-        expected_sha256=settings.weights_sha256,
-    )
-    categories = assets.resolve(settings.categories_source, settings.cache_dir)
+    weights, categories = resolve_model_files(settings)
     return dataclasses.replace(settings, weights=str(weights), categories=str(categories))
 
 

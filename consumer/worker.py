@@ -46,8 +46,13 @@ class ConsumerWorker(SimpleWorker):
         if threading.current_thread() is threading.main_thread():
             super()._install_signal_handlers()
 
+    def stop_was_requested(self) -> bool:
+        # rq's shutdown command (sent by `consumer stop`) sets _stop_requested; the flag covers
+        # workers that were between commands when it was sent.
+        return self._stop_requested or bool(self.connection.exists(keys.stop_consumers()))
+
     def should_stop(self) -> bool:
-        if self.connection.exists(keys.stop_consumers()):
+        if self.stop_was_requested():
             self.exit_reason = "stopped"
             return True
         if time.monotonic() >= self.deadline:
@@ -111,6 +116,8 @@ def run_consumer(settings: Settings, max_runtime_s: float, idle_exit_s: int | No
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id,
              load_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
     worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
+    if worker.exit_reason == "idle" and worker.stop_was_requested():
+        worker.exit_reason = "stopped"
     summary = {
         "worker": worker_id,
         "jobs": worker.jobs_run,

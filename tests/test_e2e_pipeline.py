@@ -145,3 +145,22 @@ def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str],
     done = run(env, "producer", "enqueue", "videos/")
     assert done.returncode == 2
     assert env["MOMENTS_REDIS_URL"] in done.stderr and "fix:" in done.stderr
+
+
+def test_consumer_stop_ends_running_consumers(pipeline_env: dict[str, str]) -> None:
+    import time
+
+    from rq import Worker
+
+    client = redis.Redis.from_url(pipeline_env["MOMENTS_REDIS_URL"])
+    consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", "1"], env=pipeline_env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not Worker.all(connection=client) and time.monotonic() < deadline and consumers.poll() is None:
+        time.sleep(0.5)
+    assert Worker.all(connection=client), consumers.stderr.read() if consumers.poll() is not None else "no worker"
+    stopped = run(pipeline_env, "consumer", "stop")
+    assert stopped.returncode == 0 and "1 running worker(s)" in stopped.stdout
+    out, err = consumers.communicate(timeout=60)
+    assert consumers.returncode == 0, err
+    assert json.loads(out.splitlines()[0])["reason"] == "stopped"

@@ -36,8 +36,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
-    report = drain(client, results_queue(client, settings), idle_exit_s=args.idle_exit)
-    print(f"counted {report.counted}, duplicates {report.duplicates}, failed {report.failed}")
+    report = drain(
+        client, results_queue(client, settings), idle_exit_s=args.idle_exit, recover_after_s=settings.recover_after_s
+    )
+    print(
+        f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, "
+        f"stale {report.stale}, recovered from outbox {report.recovered}"
+    )
     return 0
 
 

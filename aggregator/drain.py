@@ -1,4 +1,11 @@
-"""Draining the results queue into the ledger (predictions, counts, failures)."""
+"""Draining the results queue into the ledger (predictions, counts, failures).
+
+A message popped from the lithops Queue is gone from it, so an aggregator that dies between
+the pop and the ledger write would lose it. Consumers therefore also leave every outcome in the
+outbox until the ledger records it; whenever the queue is empty, the aggregator records outbox
+entries older than ``recover_after_s`` itself (the ledger is idempotent, so a late duplicate
+from the queue is harmless).
+"""
 
 from __future__ import annotations
 
@@ -12,33 +19,52 @@ import redis
 
 from moments_stream import ledger
 from moments_stream.logs import get_logger
+from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
 
 log = get_logger(__name__)
+
+# Longest pause between attempts while Redis is unreachable.
+MAX_BACKOFF_S = 15.0
 
 
 @dataclass
 class DrainReport:
     counted: int = 0
     duplicates: int = 0
+    stale: int = 0
     failed: int = 0
+    recovered: int = 0
 
     @property
     def received(self) -> int:
-        return self.counted + self.duplicates + self.failed
+        return self.counted + self.duplicates + self.stale + self.failed
 
 
 def apply(client: redis.Redis, message: dict[str, Any], report: DrainReport) -> None:
-    """Record one message from a consumer: a prediction, or a video that could not be decoded."""
-    if message.get("outcome") == "failed":
-        if ledger.record_failure(client, message["video"], message["fingerprint"], message["error"]):
-            report.failed += 1
-        return
-    if ledger.record_prediction(client, message):
-        report.counted += 1
-        log.info("video_counted", video=message["video"], top1=message["top5"][0][0], worker=message.get("worker"))
-    else:
+    """Record one outcome from a consumer: a prediction, or a video that could not be classified."""
+    outcome = ledger.record(client, message)
+    failed = message.get("outcome") == "failed"
+    fields = {"video": message["video"], "worker": message.get("worker")}
+    if outcome is ledger.Outcome.DUPLICATE:
         report.duplicates += 1
-        log.info("duplicate_ignored", video=message["video"], worker=message.get("worker"))
+        log.info("duplicate_ignored", **fields)
+    elif outcome is ledger.Outcome.STALE:
+        report.stale += 1
+        log.info("stale_version_ignored", fingerprint=message["fingerprint"], **fields)
+    elif failed:
+        report.failed += 1
+        log.warning("video_failed", error=message.get("error"), **fields)
+    else:
+        report.counted += 1
+        log.info("video_counted", top1=message["top5"][0][0], **fields)
+
+
+def recover_unrecorded(client: redis.Redis, older_than_s: float, report: DrainReport) -> None:
+    """Record outbox entries whose queue message was lost (popped by an aggregator that died)."""
+    for message in ledger.unrecorded_outcomes(client, older_than_s):
+        report.recovered += 1
+        log.warning("outcome_recovered_from_outbox", video=message["video"], worker=message.get("worker"))
+        apply(client, message, report)
 
 
 def drain(
@@ -47,19 +73,31 @@ def drain(
     idle_exit_s: float | None = None,
     stop_event: threading.Event | None = None,
     poll_s: float = 1.0,
+    recover_after_s: float = DEFAULT_RECOVER_AFTER_S,
 ) -> DrainReport:
     """Apply messages until stopped, or (with ``idle_exit_s``) until nothing has arrived for that
-    long and no video is pending."""
+    long and no video is pending. Rides out Redis outages with back-off."""
     report = DrainReport()
-    last_arrival = time.monotonic()
+    last_arrival = last_recovery = time.monotonic()
+    backoff = 0.5
     while not (stop_event is not None and stop_event.is_set()):
         try:
-            message = results.get(timeout=poll_s)
-        except queue_module.Empty:
-            idle = time.monotonic() - last_arrival
-            if idle_exit_s is not None and idle >= idle_exit_s and ledger.pending_count(client) == 0:
-                break
-            continue
-        last_arrival = time.monotonic()
-        apply(client, message, report)
+            try:
+                message = results.get(timeout=poll_s)
+            except queue_module.Empty:
+                now = time.monotonic()
+                if now - last_recovery >= min(recover_after_s, 5.0):
+                    recover_unrecorded(client, recover_after_s, report)
+                    last_recovery = now
+                idle = now - last_arrival
+                if idle_exit_s is not None and idle >= idle_exit_s and ledger.pending_count(client) == 0:
+                    break
+                continue
+            last_arrival = time.monotonic()
+            apply(client, message, report)
+            backoff = 0.5
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("redis_unreachable_retrying", delay_s=backoff, error=str(error))
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
     return report

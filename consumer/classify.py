@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moments_stream.logs import get_logger
-from moments_stream.settings import DEFAULT_TOP_K, Settings
+from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, Settings
 
 from . import assets
 from .frames import read_frames
@@ -24,7 +24,7 @@ from .model import (
     top_k,
     video_probabilities,
 )
-from .preprocess import to_model_input
+from .preprocess import resize_frame, to_model_input
 
 log = get_logger(__name__)
 
@@ -82,6 +82,7 @@ class Classifier:
     num_frames: int
     synthetic_weights: bool
     top_k: int = DEFAULT_TOP_K
+    max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
 
     def classify_frames(self, frames_rgb: Any) -> list[tuple[str, float]]:
         batch = to_model_input(frames_rgb)
@@ -90,7 +91,7 @@ class Classifier:
 
     def classify_file(self, path: str, name: str | None = None) -> Prediction:
         started = time.perf_counter()
-        sampled = read_frames(path, self.num_frames)
+        sampled = read_frames(path, self.num_frames, self.max_decoded_frames, keep=resize_frame)
         decoded = time.perf_counter()
         top = self.classify_frames(sampled.frames)
         inferred = time.perf_counter()
@@ -158,4 +159,5 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         model_id=model_id,
         num_frames=settings.num_frames,
         synthetic_weights=synthetic,
+        max_decoded_frames=settings.max_decoded_frames,
     )

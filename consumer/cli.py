@@ -87,6 +87,35 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    from moments_stream.queues import failures
+    from moments_stream.redis_conn import connect
+
+    records = failures(connect(settings_from_args(args).redis_url))
+    for record in records:
+        print(json.dumps(record) if args.json else f"{record['video']}\t{record['error']}")
+    if not args.json:
+        print(f"{len(records)} failed video(s); `consumer requeue --all` tries them again", file=sys.stderr)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from moments_stream.queues import requeue_failed
+    from moments_stream.redis_conn import connect
+
+    if not args.all and not args.videos:
+        print("name the videos to requeue, or pass --all", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args)
+    requeued = requeue_failed(connect(settings.redis_url), settings, None if args.all else args.videos)
+    unknown = sorted(set(args.videos) - set(requeued))
+    print(f"requeued {len(requeued)}")
+    if unknown:
+        print(f"not in the failed set: {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consumer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_redis_options(stop)
     add_common_options(stop)
     stop.set_defaults(handler=cmd_stop)
+
+    failed = sub.add_parser("failures", help="list the videos that failed, with their errors")
+    failed.add_argument("--json", action="store_true", help="one JSON record per video")
+    add_redis_options(failed)
+    add_common_options(failed)
+    failed.set_defaults(handler=cmd_failures)
+
+    requeue = sub.add_parser("requeue", help="give failed videos another round of attempts")
+    requeue.add_argument("videos", nargs="*", help="video keys (as `consumer failures` prints them)")
+    requeue.add_argument("--all", action="store_true", help="every failed video")
+    add_redis_options(requeue)
+    add_common_options(requeue)
+    requeue.set_defaults(handler=cmd_requeue)
     return parser
 
 

@@ -9,13 +9,14 @@ slower than grabbing sequentially and most frames are never needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from moments_stream.errors import VideoDecodeError
+from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES
 
 
 def sample_indices(frame_count: int, num_frames: int) -> list[int]:
@@ -52,7 +53,12 @@ def _open(path: str) -> cv2.VideoCapture:
     return capture
 
 
-def _collect(path: str, wanted: Sequence[int], max_frames: int) -> tuple[dict[int, np.ndarray], int]:
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def _collect(
+    path: str, wanted: Sequence[int], max_frames: int, keep: FrameTransform | None
+) -> tuple[dict[int, np.ndarray], int]:
     """One sequential pass: the wanted frames as RGB, and the true number of frames.
 
     The container's frame count can be wrong or zero, so the stream is walked to its end
@@ -68,7 +74,8 @@ def _collect(path: str, wanted: Sequence[int], max_frames: int) -> tuple[dict[in
                 ok, bgr = capture.retrieve()
                 if not ok or bgr is None:
                     raise VideoDecodeError(path, f"frame {index} could not be decoded")
-                kept[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                kept[index] = keep(rgb) if keep is not None else rgb
             index += 1
     finally:
         capture.release()
@@ -84,23 +91,30 @@ def reported_frame_count(path: str) -> int:
         capture.release()
 
 
-def read_frames(path: str, num_frames: int, max_frames: int = 30 * 60 * 30) -> SampledFrames:
+def read_frames(
+    path: str,
+    num_frames: int,
+    max_frames: int = DEFAULT_MAX_DECODED_FRAMES,
+    keep: FrameTransform | None = None,
+) -> SampledFrames:
     """Decode ``num_frames`` evenly spaced RGB frames of the video at ``path``.
 
     Raises :class:`VideoDecodeError` naming the file for anything that is not a decodable
     video. ``max_frames`` bounds the walk (default: 30 minutes at 30 fps); longer videos are
-    sampled over their first ``max_frames`` frames.
+    sampled over their first ``max_frames`` frames. ``keep`` is applied to each frame as it is
+    decoded (the classifier shrinks it to the model's input size), so a 4K or 8K video holds
+    ``num_frames`` small frames in memory, not full-resolution ones.
     """
     claimed = reported_frame_count(path)
     guess = min(claimed, max_frames) if claimed > 0 else 0
     wanted = sample_indices(guess, num_frames) if guess > 0 else []
-    kept, actual = _collect(path, wanted, max_frames)
+    kept, actual = _collect(path, wanted, max_frames, keep)
     if actual == 0:
         raise VideoDecodeError(path, "the stream holds no decodable frames")
     if actual != guess:
         # The container lied about its length: sample again against the true count.
         wanted = sample_indices(actual, num_frames)
-        kept, actual = _collect(path, wanted, max_frames)
+        kept, actual = _collect(path, wanted, max_frames, keep)
     missing = [index for index in wanted if index not in kept]
     if missing:
         raise VideoDecodeError(path, f"frames {missing[:5]} could not be decoded on a second pass")

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 from lithops.storage.utils import StorageNoSuchKeyError
+from rq.exceptions import AbandonedJobError
+from rq.timeouts import JobTimeoutException
 
 from moments_stream import ledger
 from moments_stream.errors import MomentsError, VideoDecodeError
@@ -29,6 +31,7 @@ log = get_logger(__name__)
 @dataclass
 class WorkerContext:
     classifier: Classifier
+    client: redis.Redis
     storage: Any
     results: Any  # lithops.multiprocessing.Queue
     settings: Settings
@@ -85,8 +88,8 @@ def classify_video(key: str, fingerprint: str) -> str:
             prediction = context.classifier.classify_file(local, name=key)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        context.results.put({"outcome": "failed", "video": key, "fingerprint": fingerprint,
-                             "error": error.message, "worker": context.worker_id})  # fmt: skip
+        failure = ledger.failure_record(key, fingerprint, error.message, context.worker_id)
+        ledger.publish(context.client, context.results, failure)
         log.warning("video_failed", video=key, worker=context.worker_id, error=error.message)
         return "failed"
     record = prediction.to_dict()
@@ -97,18 +100,30 @@ def classify_video(key: str, fingerprint: str) -> str:
         download_ms=round((downloaded - started) * 1000, 2),
         total_ms=round((time.perf_counter() - started) * 1000, 2),
     )
-    context.results.put(record)
+    ledger.publish(context.client, context.results, record)
     log.info("video_classified", video=key, worker=context.worker_id, top1=prediction.top1,
              decode_ms=prediction.decode_ms, infer_ms=prediction.infer_ms, total_ms=record["total_ms"])  # fmt: skip
     return prediction.top1
 
 
+def failure_message(exc_type: type, exc_value: BaseException) -> str:
+    """What went wrong, in words a user can act on."""
+    if isinstance(exc_value, MomentsError):
+        return exc_value.message
+    if issubclass(exc_type, AbandonedJobError):
+        return ("its consumer died while classifying it on every attempt (killed, out of memory, or past the "
+                "function's time limit): see MOMENTS_MAX_VIDEO_BYTES / MOMENTS_JOB_TIMEOUT")  # fmt: skip
+    if issubclass(exc_type, JobTimeoutException):
+        return f"took longer than the job timeout on every attempt (MOMENTS_JOB_TIMEOUT): {exc_value}"
+    return f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__
+
+
 def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
     """rq failure callback: on the last attempt, record the video as failed with its error."""
     key, fingerprint = job.args
-    message = exc_value.message if isinstance(exc_value, MomentsError) else f"{exc_type.__name__}: {exc_value}"
+    message = failure_message(exc_type, exc_value)
     if job.retries_left:
         log.warning("video_attempt_failed", video=key, error=message, retries_left=job.retries_left)
         return
-    ledger.record_failure(connection, key, fingerprint, message or exc_type.__name__)
+    ledger.record_failure(connection, ledger.failure_record(key, fingerprint, message))
     log.error("video_failed", video=key, error=message)

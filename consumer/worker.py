@@ -23,6 +23,7 @@ from moments_stream.settings import Settings
 
 from .classify import load_classifier
 from .jobs import WorkerContext, bind_context
+from .leases import Heartbeat, expire_jobs_of_dead_workers
 
 log = get_logger(__name__)
 
@@ -36,9 +37,11 @@ class ConsumerWorker(SimpleWorker):
     # Lithops may run the function off the main thread, where SIGALRM cannot be used.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, deadline: float, lease_s: int, **kwargs: Any) -> None:
+        super().__init__(*args, maintenance_interval=lease_s, **kwargs)
         self.deadline = deadline
+        self.lease_s = lease_s
+        self.death_registered = False
         self.exit_reason = "idle"
         self.jobs_run = 0
 
@@ -46,10 +49,34 @@ class ConsumerWorker(SimpleWorker):
         if threading.current_thread() is threading.main_thread():
             super()._install_signal_handlers()
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # Every heartbeat (rq's own and the lease thread's) sets the same short lease, so the
+        # worker key outlives this process by at most lease_s.
+        super().heartbeat(self.lease_s, pipeline=pipeline)
+
+    def keep_alive(self) -> None:
+        """The lease thread's beat: only between birth and death, so it never recreates the key."""
+        if self.birth_date is not None and not self.death_registered:
+            self.heartbeat()
+
+    def register_death(self) -> None:
+        self.death_registered = True
+        super().register_death()
+
+    def clean_registries(self) -> None:
+        for queue in self.queues:
+            expire_jobs_of_dead_workers(queue)
+        super().clean_registries()
+
     def stop_was_requested(self) -> bool:
         # rq's shutdown command (sent by `consumer stop`) sets _stop_requested; the flag covers
         # workers that were between commands when it was sent.
-        return self._stop_requested or bool(self.connection.exists(keys.stop_consumers()))
+        if self._stop_requested:
+            return True
+        try:
+            return bool(self.connection.exists(keys.stop_consumers()))
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # Redis is restarting: rq's dequeue loop waits for it with back-off
 
     def should_stop(self) -> bool:
         if self.stop_was_requested():
@@ -104,18 +131,21 @@ def run_consumer(settings: Settings, max_runtime_s: float, idle_exit_s: int | No
     client = connect_with_backoff(settings.redis_url)
     classifier = load_classifier(settings, progress=False)
     bind_context(
-        WorkerContext(classifier, lithops_storage(settings), results_queue(client, settings), settings, worker_id)
+        WorkerContext(
+            classifier, client, lithops_storage(settings), results_queue(client, settings), settings, worker_id
+        )
     )
     worker = ConsumerWorker(
         [video_queue(client, settings)],
         connection=client,
         name=worker_id,
         deadline=started + max_runtime_s,
-        maintenance_interval=60,
+        lease_s=settings.consumer_lease_s,
     )
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id,
              load_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
-    worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
+    with Heartbeat(worker.keep_alive, settings.consumer_lease_s / 3, worker_id):
+        worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
     if worker.exit_reason == "idle" and worker.stop_was_requested():
         worker.exit_reason = "stopped"
     summary = {

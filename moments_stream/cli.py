@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     aggregator = threading.Thread(
         target=drain,
         args=(client, results),
-        kwargs={"stop_event": stop_aggregator},
+        kwargs={"stop_event": stop_aggregator, "recover_after_s": settings.recover_after_s},
         name="aggregator",
         daemon=True,
     )
@@ -80,9 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if total:
         client.set(keys.stop_consumers(), "1")
         consumers.join()
-    # Whatever the consumers published is still on the queue until drained.
-    deadline = time.monotonic() + 30
-    while results.qsize() and time.monotonic() < deadline:
+    # What the consumers published is on the queue, or in the outbox until the aggregator recovers it.
+    deadline = time.monotonic() + settings.recover_after_s + 30
+    unsettled = lambda: results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client))  # noqa: E731
+    while time.monotonic() < deadline and unsettled():
         time.sleep(0.2)
     stop_aggregator.set()
     aggregator.join()

@@ -33,6 +33,15 @@ def failed() -> str:
     return f"{PREFIX}:failed"
 
 
+def outbox() -> str:
+    """Hash: video key -> JSON outcome a consumer published and the aggregator has not recorded yet.
+
+    Written before the message goes on the lithops Queue and cleared by the ledger when it is
+    recorded, so a message popped by an aggregator that then died is recovered from here.
+    """
+    return f"{PREFIX}:outbox"
+
+
 def results_queue() -> str:
     """String: the pickled handle of the lithops.multiprocessing.Queue consumers publish on."""
     return f"{PREFIX}:results-queue"

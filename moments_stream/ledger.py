@@ -1,64 +1,123 @@
 """The state transitions of a video, each one atomic in Redis (Lua), each one idempotent.
 
-enqueued (``pending``) -> counted (``predictions`` + ``counts``) or failed (``failed``).
-A prediction that arrives twice is counted once; a replaced file (new fingerprint) moves its
-count from the old top-1 to the new one.
+enqueued (``pending``) -> published (``outbox``) -> counted (``predictions`` + ``counts``) or
+failed (``failed``). A prediction that arrives twice is counted once; a replaced file (new
+fingerprint) moves its count from the old top-1 to the new one; an outcome for a version older
+than the one last enqueued (``seen``) is stale and dropped, so a late, re-ordered delivery can
+never overwrite a newer result.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 
 from . import keys
 
-_RECORD_PREDICTION = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+
+class Outcome(enum.Enum):
+    RECORDED = 1
+    DUPLICATE = 0
+    STALE = -1
+
+
+# KEYS: seen, outbox, pending. ARGV: video, fingerprint. Shared head of both scripts: drop a stale
+# version, and clear this version's outbox/pending entries (it is being recorded now).
+_SETTLE = """
+local outboxed = redis.call('HGET', KEYS[2], ARGV[1])
+if outboxed and cjson.decode(outboxed)['fingerprint'] == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local latest = redis.call('HGET', KEYS[1], ARGV[1])
+if latest and latest ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
+"""
+
+# + KEYS: predictions, counts, failed. ARGV: top1, record JSON.
+_RECORD_PREDICTION = (
+    _SETTLE
+    + """
+local current = redis.call('HGET', KEYS[4], ARGV[1])
 if current then
   local old = cjson.decode(current)
-  if old['fingerprint'] == ARGV[2] then
-    if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
-    return 0
-  end
+  if old['fingerprint'] == ARGV[2] then return 0 end
   local old_top1 = old['top5'][1][1]
-  if redis.call('HINCRBY', KEYS[2], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[2], old_top1) end
+  if redis.call('HINCRBY', KEYS[5], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[5], old_top1) end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('HDEL', KEYS[4], ARGV[1])
-if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HDEL', KEYS[6], ARGV[1])
 return 1
 """
+)
 
-_RECORD_FAILURE = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and cjson.decode(current)['fingerprint'] == ARGV[2] then
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
+# + KEYS: predictions, failed. ARGV: failure JSON.
+_RECORD_FAILURE = (
+    _SETTLE
+    + """
+local current = redis.call('HGET', KEYS[4], ARGV[1])
+if current and cjson.decode(current)['fingerprint'] == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
 return 1
 """
+)
+
+_SETTLE_KEYS = (keys.seen, keys.outbox, keys.pending)
 
 
-def record_prediction(client: redis.Redis, record: dict[str, Any]) -> bool:
-    """Count ``record`` (a prediction dict with video, fingerprint, top5); False if already counted."""
-    script = client.register_script(_RECORD_PREDICTION)
-    return bool(
-        script(
-            keys=[keys.predictions(), keys.counts(), keys.pending(), keys.failed()],
-            args=[record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record)],
-        )
+def _run(client: redis.Redis, source: str, extra_keys: list[str], args: list[Any]) -> Outcome:
+    script = client.register_script(source)
+    return Outcome(int(script(keys=[key() for key in _SETTLE_KEYS] + extra_keys, args=args)))
+
+
+def record_prediction(client: redis.Redis, record: dict[str, Any]) -> Outcome:
+    """Count ``record`` (a prediction dict with video, fingerprint, top5) once."""
+    return _run(
+        client,
+        _RECORD_PREDICTION,
+        [keys.predictions(), keys.counts(), keys.failed()],
+        [record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record)],
     )
 
 
-def record_failure(client: redis.Redis, video: str, fingerprint: str, error: str, attempts: int = 1) -> bool:
-    """Mark ``video`` failed with ``error`` unless this very version was already counted."""
-    script = client.register_script(_RECORD_FAILURE)
-    payload = json.dumps({"video": video, "fingerprint": fingerprint, "error": error, "attempts": attempts})
-    return bool(script(keys=[keys.predictions(), keys.failed(), keys.pending()], args=[video, fingerprint, payload]))
+def failure_record(video: str, fingerprint: str, error: str, worker: str | None = None) -> dict[str, Any]:
+    return {"outcome": "failed", "video": video, "fingerprint": fingerprint, "error": error, "worker": worker}
+
+
+def record_failure(client: redis.Redis, record: dict[str, Any]) -> Outcome:
+    """Mark a video failed with its error (a :func:`failure_record`) unless this very version was counted."""
+    return _run(
+        client,
+        _RECORD_FAILURE,
+        [keys.predictions(), keys.failed()],
+        [record["video"], record["fingerprint"], json.dumps(record)],
+    )
+
+
+def record(client: redis.Redis, message: dict[str, Any]) -> Outcome:
+    """Record one outcome a consumer published: a prediction or a failure."""
+    if message.get("outcome") == "failed":
+        return record_failure(client, message)
+    return record_prediction(client, message)
+
+
+def publish(client: redis.Redis, results: Any, message: dict[str, Any]) -> None:
+    """Hand an outcome to the aggregator: first to the outbox (durable until recorded), then the queue."""
+    message = {**message, "published_at": time.time()}
+    client.hset(keys.outbox(), message["video"], json.dumps(message))
+    results.put(message)
+
+
+def unrecorded_outcomes(client: redis.Redis, older_than_s: float, now: float | None = None) -> Iterator[dict[str, Any]]:
+    """Outbox entries published more than ``older_than_s`` ago and still not recorded."""
+    cutoff = (time.time() if now is None else now) - older_than_s
+    for _, raw in client.hscan_iter(keys.outbox(), count=500):
+        message = json.loads(raw)
+        if message.get("published_at", 0) <= cutoff:
+            yield message
 
 
 def counts(client: redis.Redis) -> dict[str, int]:

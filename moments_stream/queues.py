@@ -1,12 +1,72 @@
-"""The rq queue of videos, shared by the producer (enqueue) and consumers (work)."""
+"""The rq queue of videos: how a video becomes a job (producer, requeue) and where workers pull."""
 
 from __future__ import annotations
 
-import redis
-from rq import Queue
+import json
+from collections.abc import Iterable
 
-from .settings import Settings
+import redis
+from rq import Callback, Queue, Retry
+
+from . import keys
+from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, Settings
+
+# Failed jobs stay in rq's failed registry (``rq info``) this long.
+FAILURE_TTL_S = 30 * 24 * 3600
 
 
 def video_queue(client: redis.Redis, settings: Settings) -> Queue:
     return Queue(settings.queue_name, connection=client, default_timeout=settings.job_timeout_s)
+
+
+def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, str]) -> None:
+    """Mark ``videos`` (key -> fingerprint) seen and pending and enqueue one job each, atomically."""
+    if not videos:
+        return
+    queue = video_queue(client, settings)
+    retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
+    jobs = [
+        Queue.prepare_data(
+            CLASSIFY_JOB,
+            args=(key, fingerprint),
+            description=f"classify {key}",
+            result_ttl=0,
+            failure_ttl=FAILURE_TTL_S,
+            retry=retry,
+            on_failure=Callback(FAILURE_CALLBACK),
+        )
+        for key, fingerprint in videos.items()
+    ]
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.seen(), mapping=videos)
+        pipe.hset(keys.pending(), mapping=videos)
+        queue.enqueue_many(jobs, pipeline=pipe)
+        pipe.execute()
+
+
+def failures(client: redis.Redis) -> list[dict]:
+    """Every failed video's record (video, fingerprint, error, worker), sorted by key."""
+    return sorted((json.loads(raw) for raw in client.hvals(keys.failed())), key=lambda record: record["video"])
+
+
+def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str] | None = None) -> list[str]:
+    """Give failed videos (all, or those named) another round of attempts; returns those requeued.
+
+    Their rq jobs leave rq's failed registry, so ``rq info`` and ``consumer failures`` agree.
+    """
+    records = {record["video"]: record for record in failures(client)}
+    chosen = list(records) if videos is None else [video for video in videos if video in records]
+    if not chosen:
+        return []
+    latest = client.hmget(keys.seen(), chosen)
+    fingerprints = {
+        video: (seen.decode() if seen is not None else records[video]["fingerprint"])
+        for video, seen in zip(chosen, latest, strict=True)
+    }
+    registry = video_queue(client, settings).failed_job_registry
+    for job in registry.job_class.fetch_many(registry.get_job_ids(), connection=client):
+        if job is not None and job.args and job.args[0] in fingerprints:
+            registry.remove(job, delete_job=True)
+    client.hdel(keys.failed(), *chosen)
+    enqueue_videos(client, settings, fingerprints)
+    return chosen

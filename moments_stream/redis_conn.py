@@ -14,6 +14,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.connection import SSLConnection, parse_url
+from redis.retry import Retry
 
 from .errors import ConfigError, RedisUnavailableError
 from .logs import get_logger
@@ -31,10 +34,21 @@ def redact(url: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
+# Once connected, commands ride out a Redis restart (about a minute of retries with back-off);
+# the first PING is not retried, so a wrong URL or password fails at once (callers that should
+# wait for Redis to come up, like consumers, retry connect() themselves).
+FIRST_PING_RETRY = Retry(NoBackoff(), retries=0)
+OUTAGE_RETRY = Retry(ExponentialWithJitterBackoff(base=0.5, cap=5), retries=20)
+
+
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` that has answered PING, or a :class:`RedisUnavailableError` naming the fix."""
+    """A client for ``url`` that has answered PING, or a :class:`RedisUnavailableError` naming the fix.
+
+    TLS settings come from the URL's query, as redis-py reads them, e.g.
+    ``rediss://:PASSWORD@host:6380/0?ssl_ca_certs=/etc/ssl/ca.pem``.
+    """
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=FIRST_PING_RETRY)
         client.ping()
     except redis.AuthenticationError as error:
         if urlparse(url).password is None:
@@ -56,8 +70,10 @@ def connect(url: str) -> redis.Redis:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
         raise RedisUnavailableError(
             f"cannot connect to Redis at {redact(url)}: {error}",
-            fix="start Redis there, or point MOMENTS_REDIS_URL at a running server",
+            fix="start Redis there, or point MOMENTS_REDIS_URL at a running server "
+            "(TLS: rediss://...?ssl_ca_certs=CA.pem)",
         ) from None
+    client.set_retry(OUTAGE_RETRY)
     return client
 
 
@@ -79,12 +95,21 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis_server(port: int, data_dir: Path, extra_args: list[str] | None = None) -> int:
-    """Start a daemonised redis-server on 127.0.0.1:``port`` with AOF in ``data_dir``; returns its pid."""
+def start_redis_server(
+    port: int,
+    data_dir: Path,
+    extra_args: list[str] | None = None,
+    binary: str | None = None,
+    ping_url: str | None = None,
+) -> int:
+    """Start a daemonised redis-server on 127.0.0.1:``port`` with AOF in ``data_dir``; returns its pid.
+
+    ``ping_url`` is how to reach it once up (a TLS-only server answers only on ``rediss://``).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     pidfile = data_dir / f"redis-{port}.pid"
     command = [
-        redis_server_binary(),
+        binary or redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
@@ -100,7 +125,9 @@ def start_redis_server(port: int, data_dir: Path, extra_args: list[str] | None =
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            if redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping():
+            url = ping_url or f"redis://127.0.0.1:{port}/0"
+            probe = redis.Redis.from_url(url, socket_connect_timeout=1, retry=FIRST_PING_RETRY)
+            if probe.ping():
                 return int(pidfile.read_text().strip()) if pidfile.exists() else 0
         except (redis.AuthenticationError, redis.ResponseError):
             return int(pidfile.read_text().strip()) if pidfile.exists() else 0
@@ -127,17 +154,17 @@ def ensure_redis(settings: Settings) -> redis.Redis:
 
 
 def lithops_redis_section(url: str) -> dict[str, object]:
-    """The ``redis`` section of a Lithops config for ``url`` (lithops builds ``redis.Redis(**section)``)."""
-    parsed = urlparse(url)
-    section: dict[str, object] = {
-        "host": parsed.hostname or "127.0.0.1",
-        "port": parsed.port or 6379,
-        "db": int(parsed.path.lstrip("/") or 0),
-    }
-    if parsed.username:
-        section["username"] = parsed.username
-    if parsed.password:
-        section["password"] = parsed.password
-    if parsed.scheme == "rediss":
-        section["ssl"] = True
+    """The ``redis`` section of a Lithops config for ``url`` (lithops builds ``redis.Redis(**section)``).
+
+    redis-py parses the URL, query parameters included, so TLS options such as ``ssl_ca_certs``
+    reach the lithops Queue exactly as they reach every other client; the section must stay JSON
+    (Lithops passes it in an environment variable), so the TLS connection class becomes ``ssl``.
+    """
+    section: dict[str, object] = {"host": "127.0.0.1", "port": 6379, "db": 0}
+    for name, value in parse_url(url).items():
+        if name == "connection_class":
+            if value is SSLConnection:
+                section["ssl"] = True
+            continue
+        section["unix_socket_path" if name == "path" else name] = value
     return section

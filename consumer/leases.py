@@ -15,6 +15,8 @@ import threading
 import redis
 from rq import Queue, Worker
 from rq.executions import Execution
+from rq.scheduler import RQScheduler
+from rq.scripts import release_lock
 
 from moments_stream.logs import get_logger
 
@@ -45,6 +47,18 @@ def expire_jobs_of_dead_workers(queue: Queue) -> list[str]:
             expired.append(job_id)
             log.warning("video_returned_to_queue", job=job_id, dead_worker=execution.worker_name)
     return expired
+
+
+def release_retry_locks_of_dead_workers(queue: Queue) -> None:
+    """Free rq's scheduler lock of ``queue`` when the worker holding it is dead.
+
+    Each consumer runs rq's scheduler steps under that lock (named after the worker); it would
+    otherwise keep a dead worker's lock for rq's 61 s and delay due retries by as much.
+    """
+    lock_key = RQScheduler.get_locking_key(queue.name)
+    owner = queue.connection.get(lock_key)
+    if owner is not None and not worker_is_alive(queue.connection, owner.decode()):
+        release_lock(queue.connection, lock_key, owner.decode())
 
 
 class Heartbeat:

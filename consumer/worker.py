@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
+from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from moments_stream import keys
@@ -23,7 +24,7 @@ from moments_stream.settings import Settings
 
 from .classify import load_classifier
 from .jobs import WorkerContext, bind_context
-from .leases import Heartbeat, expire_jobs_of_dead_workers
+from .leases import Heartbeat, expire_jobs_of_dead_workers, release_retry_locks_of_dead_workers
 
 log = get_logger(__name__)
 
@@ -42,6 +43,11 @@ class ConsumerWorker(SimpleWorker):
         self.deadline = deadline
         self.lease_s = lease_s
         self.death_registered = False
+        # rq schedules retries with an interval (RETRY_INTERVALS_S) and moves them back to the queue
+        # from its scheduler; that normally forks a process, which a Lithops function holding a
+        # model should not do, so each worker runs the same scheduler steps in its poll loop.
+        self.retry_scheduler = RQScheduler(self.queues, connection=self.connection, name=self.name,
+                                           logging_level="WARNING")  # fmt: skip
         self.exit_reason = "idle"
         self.jobs_run = 0
 
@@ -61,11 +67,20 @@ class ConsumerWorker(SimpleWorker):
 
     def register_death(self) -> None:
         self.death_registered = True
+        self.retry_scheduler.release_locks()
         super().register_death()
+
+    def enqueue_due_retries(self) -> None:
+        try:
+            if self.retry_scheduler.acquire_locks():
+                self.retry_scheduler.enqueue_scheduled_jobs()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("redis_unreachable_retrying", worker=self.name, error=str(error))
 
     def clean_registries(self) -> None:
         for queue in self.queues:
             expire_jobs_of_dead_workers(queue)
+            release_retry_locks_of_dead_workers(queue)
         super().clean_registries()
 
     def stop_was_requested(self) -> bool:
@@ -90,6 +105,7 @@ class ConsumerWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):  # type: ignore[override]
         idle_since = time.monotonic()
         while not self.should_stop():
+            self.enqueue_due_retries()
             wait = min(POLL_S, self.deadline - time.monotonic())
             if max_idle_time is not None:
                 idle_left = max_idle_time - (time.monotonic() - idle_since)

@@ -79,3 +79,21 @@ def set_avi_frame_count(path: Path, declared: int) -> Path:
     struct.pack_into("<I", data, data.find(b"strh") + 8 + 32, declared)
     path.write_bytes(bytes(data))
     return path
+
+
+def ffmpeg(*args: str) -> None:
+    import subprocess
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
+
+
+def write_test_pattern_h264(path: Path, seconds: float, width: int, height: int, fps: int = 30) -> Path:
+    """ffmpeg's moving test pattern as H.264: long or huge clips without holding frames in Python."""
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))  # fmt: skip
+    return path
+
+
+def write_audio_only_mp4(path: Path, seconds: float = 1.0) -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-f", "mp4", str(path))
+    return path

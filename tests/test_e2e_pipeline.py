@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,59 +18,18 @@ import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
-from tests.media import synthetic_frames, write_h264, write_opencv
+from tests.pipeline import BIN, counts, direct_top1, make_clips, pipeline_environment, run
 from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
-
-
-def make_clips(directory: Path, seeds: range) -> list[Path]:
-    """3 s, 30 fps clips like MiT's: H.264 mostly, every third one mp4v."""
-    directory.mkdir(parents=True, exist_ok=True)
-    clips = []
-    for seed in seeds:
-        frames = synthetic_frames(90, height=96, width=128, seed=seed)
-        if seed % 3 == 2:
-            clips.append(write_opencv(directory / f"clip{seed:02d}.mp4", frames, "mp4v"))
-        else:
-            clips.append(write_h264(directory / f"clip{seed:02d}.mp4", frames))
-    return clips
 
 
 @pytest.fixture()
 def pipeline_env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
-    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     with running_redis(tmp_path / "redis") as url:
-        env = dict(
-            os.environ,
-            MOMENTS_REDIS_URL=url,
-            MOMENTS_EMBEDDED_REDIS="0",
-            MOMENTS_BUCKET=bucket,
-            MOMENTS_WEIGHTS=str(checkpoint_v1),
-            MOMENTS_CATEGORIES=str(categories_v1),
-            MOMENTS_NUM_FRAMES="8",
-            MOMENTS_DATA_DIR=str(tmp_path / "data"),
-        )
+        env = pipeline_environment(url, checkpoint_v1, categories_v1, tmp_path / "data")
         yield env
-    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, bucket), ignore_errors=True)
-
-
-def run(env: dict[str, str], *command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-    return done
-
-
-def counts(env: dict[str, str]) -> dict[str, int]:
-    client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
-    return {k.decode(): int(v) for k, v in client.hgetall("moments:counts").items()}
-
-
-def direct_top1(env: dict[str, str], clips: list[Path]) -> dict[str, str]:
-    done = run(env, "consumer", "classify", "--json", *map(str, clips))
-    assert done.returncode == 0, done.stderr
-    return {Path(r["video"]).name: r["top5"][0][0] for r in map(json.loads, done.stdout.splitlines())}
+    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
 
 
 def test_main_command_counts_exactly_and_only_new_videos(pipeline_env: dict[str, str], tmp_path: Path) -> None:

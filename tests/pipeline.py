@@ -1,0 +1,78 @@
+"""Running the real stages as users do (CLI subprocesses) against a real Redis, for e2e tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from tests.media import synthetic_frames, write_h264, write_opencv
+
+BIN = Path(sys.executable).parent
+
+
+def make_clips(directory: Path, seeds: range, height: int = 96, width: int = 128) -> list[Path]:
+    """3 s, 30 fps clips like MiT's: H.264 mostly, every third one mp4v."""
+    directory.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for seed in seeds:
+        frames = synthetic_frames(90, height=height, width=width, seed=seed)
+        if seed % 3 == 2:
+            clips.append(write_opencv(directory / f"clip{seed:02d}.mp4", frames, "mp4v"))
+        else:
+            clips.append(write_h264(directory / f"clip{seed:02d}.mp4", frames))
+    return clips
+
+
+def pipeline_environment(redis_url: str, checkpoint: Path, categories: Path, data_dir: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        MOMENTS_REDIS_URL=redis_url,
+        MOMENTS_EMBEDDED_REDIS="0",
+        MOMENTS_BUCKET=f"e2e-{uuid.uuid4().hex[:10]}",
+        MOMENTS_WEIGHTS=str(checkpoint),
+        MOMENTS_CATEGORIES=str(categories),
+        MOMENTS_NUM_FRAMES="8",
+        MOMENTS_DATA_DIR=str(data_dir),
+    )
+
+
+def run(env: dict[str, str], *command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def start(env: dict[str, str], *command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def client_for(env: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
+
+
+def counts(env: dict[str, str]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client_for(env).hgetall("moments:counts").items()}
+
+
+def direct_top1(env: dict[str, str], clips: list[Path]) -> dict[str, str]:
+    """What `consumer classify` says of each clip, by file name: the truth the pipeline must match."""
+    done = run(env, "consumer", "classify", "--json", *map(str, clips))
+    assert done.returncode == 0, done.stderr
+    return {Path(r["video"]).name: r["top5"][0][0] for r in map(json.loads, done.stdout.splitlines())}
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -32,17 +34,32 @@ def format_counts(client: redis.Redis) -> str:
     return "\n".join(lines)
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM (Ctrl-C, docker stop) finish the message in hand, then return normally."""
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("aggregator_stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
+    stop = threading.Event()
+    stop_on_signals(stop)
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
     report = drain(
-        client, results_queue(client, settings), idle_exit_s=args.idle_exit, recover_after_s=settings.recover_after_s
+        client,
+        results_queue(client, settings),
+        idle_exit_s=args.idle_exit,
+        stop_event=stop,
+        recover_after_s=settings.recover_after_s,
     )
-    print(
-        f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, "
-        f"stale {report.stale}, recovered from outbox {report.recovered}"
-    )
+    print(f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, "
+          f"stale {report.stale}, recovered from outbox {report.recovered}")  # fmt: skip
     return 0
 
 

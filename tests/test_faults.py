@@ -12,14 +12,18 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 from rq import Worker
 
+from tests.media import synthetic_frames, write_h264
 from tests.pipeline import client_for, counts, direct_top1, make_clips, pipeline_environment, run, start, wait_until
 from tests.redis_server import RedisServer
 
@@ -103,3 +107,156 @@ def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) ->
         counted_by = json.loads(client.hget("moments:predictions", video))["worker"]
         assert counted_by != worker
     assert [s["reason"] for s in summaries].count("crashed") == 2  # and both were relaunched
+
+
+STEAL_ONE_MESSAGE = """
+import json
+from moments_stream.lithops_env import results_queue
+from moments_stream.redis_conn import connect
+from moments_stream.settings import Settings
+settings = Settings.from_env()
+print(json.dumps(results_queue(connect(settings.redis_url), settings).get(timeout=120)))
+"""
+
+
+def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str], tmp_path: Path) -> None:
+    clips = make_clips(tmp_path / "in", range(40, 52))
+    expected = direct_top1(env, clips)
+    upload_and_enqueue(env, tmp_path / "in")
+    client = client_for(env)
+    aggregator = start(env, "aggregator", "run")
+    consumers = start(env, "consumer", "start", "--workers", "2")
+    wait_until(lambda: client.hlen("moments:predictions") >= 3, 120, "the first counts")
+    aggregator.kill()
+    aggregator.wait()
+    # What an aggregator that died between popping a message and recording it leaves behind:
+    # the message is gone from the queue.
+    stolen = subprocess.run([sys.executable, "-c", STEAL_ONE_MESSAGE], env=env, capture_output=True, text=True,
+                            timeout=180)  # fmt: skip
+    assert stolen.returncode == 0, stolen.stderr
+    lost_video = json.loads(stolen.stdout)["video"]
+    assert client.hexists("moments:pending", lost_video)
+
+    restarted = start(env, "aggregator", "run")
+    finish(env, consumers)
+    report = stop_aggregator(restarted)
+
+    assert counts(env) == collections.Counter(expected.values())
+    assert client.hlen("moments:predictions") == 12 and client.hlen("moments:failed") == 0
+    assert "recovered from outbox 1" in report
+    assert client.hlen("moments:outbox") == 0
+
+
+def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, str], tmp_path: Path) -> None:
+    clips = make_clips(tmp_path / "in", range(60, 80))
+    expected = direct_top1(env, clips)
+    upload_and_enqueue(env, tmp_path / "in")
+    client = client_for(env)
+    aggregator = start(env, "aggregator", "run")
+    consumers = start(env, "consumer", "start", "--workers", "2")
+    wait_until(lambda: client.hlen("moments:predictions") >= 4, 120, "the first counts")
+    server.stop()
+    time.sleep(3)
+    server.start()
+
+    finish(env, consumers)
+    stop_aggregator(aggregator)
+    assert counts(env) == collections.Counter(expected.values())
+    assert client.hlen("moments:predictions") == 20 and client.hlen("moments:failed") == 0
+    assert consumers.returncode == 0 and aggregator.returncode is not None
+
+
+def make_poison(folder: Path, max_bytes: int) -> dict[str, str]:
+    """Eight inputs that cannot be classified, each with what its recorded error must say."""
+    from tests.media import write_audio_only_mp4, write_h264
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    (folder / "random-bytes.mp4").write_bytes(rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("meeting notes, not a video\n" * 50)
+    (folder / "error-page.webm").write_text("<html><body>404 Not Found</body></html>")
+    write_audio_only_mp4(folder / "audio-only.mp4")
+    full = write_h264(folder / "header-only.mp4", synthetic_frames(30, seed=9)).read_bytes()
+    (folder / "header-only.mp4").write_bytes(full[:600])
+    (folder / "huge.mp4").write_bytes(rng.integers(0, 256, max_bytes + 1, dtype=np.uint8).tobytes())
+    write_h264(folder / "deleted.mp4", synthetic_frames(30, seed=10))
+    return {
+        "random-bytes.mp4": "cannot decode",
+        "empty.mp4": "empty",
+        "notes.mp4": "cannot decode",
+        "error-page.webm": "cannot decode",
+        "audio-only.mp4": "cannot decode",
+        "header-only.mp4": "cannot decode",
+        "huge.mp4": "MOMENTS_MAX_VIDEO_BYTES",
+        "deleted.mp4": "no longer exists",
+    }
+
+
+def test_ten_good_and_eight_bad_inputs(env: dict[str, str], tmp_path: Path) -> None:
+    from tests.media import write_test_pattern_h264
+
+    max_bytes = 20 * 1024 * 1024
+    env = dict(env, MOMENTS_MAX_VIDEO_BYTES=str(max_bytes))
+    folder = tmp_path / "mixed"
+    good = make_clips(folder, range(90, 97))
+    good.append(write_h264(folder / "one-frame.mp4", synthetic_frames(1, seed=11)))
+    good.append(write_test_pattern_h264(folder / "ten-minutes.mp4", 600, 64, 64))
+    good.append(write_test_pattern_h264(folder / "uhd-4k.mp4", 0.2, 3840, 2160))
+    expected = direct_top1(env, good)
+    errors = make_poison(folder, max_bytes)
+    upload_and_enqueue(env, folder, "mixed/")
+    os.remove(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"], "mixed/deleted.mp4"))
+
+    aggregator = start(env, "aggregator", "run")
+    consumers = start(env, "consumer", "start", "--workers", "2")
+    summaries = finish(env, consumers)
+    stop_aggregator(aggregator)
+
+    client = client_for(env)
+    assert counts(env) == collections.Counter(expected.values())
+    assert client.hlen("moments:predictions") == 10
+    failed = {json.loads(raw)["video"]: json.loads(raw)["error"] for raw in client.hvals("moments:failed")}
+    assert set(failed) == {f"mixed/{name}" for name in errors}
+    for name, words in errors.items():
+        assert words in failed[f"mixed/{name}"], (name, failed[f"mixed/{name}"])
+    assert all(summary["reason"] != "crashed" for summary in summaries)  # workers carried on
+
+    listed = run(env, "consumer", "failures")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 8
+    requeued = run(env, "consumer", "requeue", "mixed/empty.mp4", "mixed/nope.mp4")
+    assert requeued.stdout.strip() == "requeued 1" and "mixed/nope.mp4" in requeued.stderr
+    assert client.hget("moments:pending", "mixed/empty.mp4") is not None
+    assert client.llen("rq:queue:moments-videos") == 1 and client.hlen("moments:failed") == 7
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "tls-and-password"])
+def test_locked_down_redis_runs_the_whole_pipeline(
+    tls: bool, tmp_path: Path, checkpoint_v1: Path, categories_v1: Path
+) -> None:
+    from tests.redis_server import make_tls_files, tls_capable_server_available
+
+    if tls and not tls_capable_server_available():
+        pytest.skip("needs Debian's redis-server (built with TLS); .ci/run installs it")
+    server = RedisServer(
+        tmp_path / "redis", password="s3cret-pw", tls=make_tls_files(tmp_path / "tls") if tls else None
+    )
+    server.start()
+    try:
+        env = pipeline_environment(server.url, checkpoint_v1, categories_v1, tmp_path / "data")
+        clips = make_clips(tmp_path / "in", range(100, 104))
+        expected = direct_top1(env, clips)
+        done = run(env, "moments-stream", "run", str(tmp_path / "in"), "--workers", "2", "--idle-exit", "5")
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = redis.Redis.from_url(server.url)
+        assert {k.decode(): int(v) for k, v in client.hgetall("moments:counts").items()} == collections.Counter(
+            expected.values()
+        )
+        assert "s3cret-pw" not in done.stderr + done.stdout
+        without_password = run(
+            dict(env, MOMENTS_REDIS_URL=server.url.replace(":s3cret-pw@", "")), "aggregator", "counts"
+        )
+        assert without_password.returncode == 2 and "requires a password" in without_password.stderr
+    finally:
+        server.stop()
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import redis
 
 from moments_stream import keys, ledger
-from moments_stream.cli_common import add_common_options, add_redis_options, run_cli, settings_from_args
+from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.lithops_env import results_queue
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import ensure_redis
@@ -76,23 +76,17 @@ def cmd_counts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aggregator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="drain predictions into the counts until interrupted")
+    run = add_command(sub, cmd_run, "run", help="drain predictions into the counts until interrupted", redis=True)
     run.add_argument("--idle-exit", type=float, metavar="S",
                      help="return once nothing arrived for S seconds and no video is pending")  # fmt: skip
-    add_redis_options(run)
-    add_common_options(run)
-    run.set_defaults(handler=cmd_run)
-    counts = sub.add_parser("counts", help="print the category counts, most frequent first")
+    counts = add_command(sub, cmd_counts, "counts", help="print the category counts, most frequent first", redis=True)
     counts.add_argument("--watch", action="store_true", help="refresh until interrupted")
     counts.add_argument("--interval", type=float, default=2.0)
-    add_redis_options(counts)
-    add_common_options(counts)
-    counts.set_defaults(handler=cmd_counts)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import torch
 
-from moments_stream.cli_common import (
-    add_common_options,
-    add_model_options,
-    add_redis_options,
-    run_cli,
-    settings_from_args,
-)
+from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.errors import MomentsError
 from moments_stream.logs import stream_is_tty
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_WORKERS, MODEL_RELEASES
@@ -120,23 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consumer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    classify = sub.add_parser("classify", help="print the top-5 categories of local video files")
+    classify = add_command(sub, cmd_classify, "classify", help="print the top-5 categories of local video files",
+                           model=True)  # fmt: skip
     classify.add_argument("videos", nargs="+", help="video files")
     classify.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
-    add_model_options(classify)
-    add_common_options(classify)
-    classify.set_defaults(handler=cmd_classify)
 
-    checkpoint = sub.add_parser(
-        "make-test-checkpoint", help="write a random-weight checkpoint in the release format (for tests only)"
-    )
+    checkpoint = add_command(sub, cmd_make_test_checkpoint, "make-test-checkpoint",
+                             help="write a random-weight checkpoint in the release format (tests only)")  # fmt: skip
     checkpoint.add_argument("out", help="output .pth.tar path")
     checkpoint.add_argument("--model", choices=sorted(MODEL_RELEASES))
     checkpoint.add_argument("--classes", type=int, help="class count (default: the release's)")
     checkpoint.add_argument("--seed", type=int, default=0)
-    add_common_options(checkpoint)
-    checkpoint.set_defaults(handler=cmd_make_test_checkpoint)
-    start = sub.add_parser("start", help="run N long-running consumer functions on Lithops")
+
+    start = add_command(sub, cmd_start, "start", help="run N long-running consumer functions on Lithops",
+                        model=True, redis=True)  # fmt: skip
     start.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="functions to keep running")
     start.add_argument("--idle-exit", type=int, metavar="S", help="a function exits after S seconds without work")
     start.add_argument(
@@ -146,33 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the backend's time limit per function; consumers exit before it and are relaunched",
     )
-    add_model_options(start)
-    add_redis_options(start)
-    add_common_options(start)
-    start.set_defaults(handler=cmd_start)
 
-    stop = sub.add_parser("stop", help="tell every running consumer to finish its current video and exit")
-    add_redis_options(stop)
-    add_common_options(stop)
-    stop.set_defaults(handler=cmd_stop)
+    add_command(sub, cmd_stop, "stop", help="tell every running consumer to finish its current video and exit",
+                redis=True)  # fmt: skip
 
-    failed = sub.add_parser("failures", help="list the videos that failed, with their errors")
+    failed = add_command(sub, cmd_failures, "failures", help="list the videos that failed, with their errors",
+                         redis=True)  # fmt: skip
     failed.add_argument("--json", action="store_true", help="one JSON record per video")
-    add_redis_options(failed)
-    add_common_options(failed)
-    failed.set_defaults(handler=cmd_failures)
 
-    requeue = sub.add_parser("requeue", help="give failed videos another round of attempts")
+    requeue = add_command(sub, cmd_requeue, "requeue", help="give failed videos another round of attempts",
+                          redis=True)  # fmt: skip
     requeue.add_argument("videos", nargs="*", help="video keys (as `consumer failures` prints them)")
     requeue.add_argument("--all", action="store_true", help="every failed video")
-    add_redis_options(requeue)
-    add_common_options(requeue)
-    requeue.set_defaults(handler=cmd_requeue)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

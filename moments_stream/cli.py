@@ -22,7 +22,7 @@ from consumer.launcher import run_consumers, with_local_assets
 from producer.cli import enqueue_prefix, normalise_prefix, upload
 
 from . import keys, ledger
-from .cli_common import add_common_options, add_model_options, add_redis_options, run_cli, settings_from_args
+from .cli_common import add_command, run_cli, settings_from_args
 from .lithops_env import results_queue
 from .logs import get_logger, stream_is_tty
 from .redis_conn import ensure_redis
@@ -103,21 +103,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moments-stream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="classify every video in DIR and print live category counts")
+    run = add_command(
+        sub, cmd_run, "run", help="classify every video in DIR and print live category counts", model=True, redis=True
+    )
     run.add_argument("directory", help="local folder of videos (searched recursively)")
     run.add_argument("--prefix", default="videos/", help="storage prefix to upload under (default videos/)")
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="consumer functions (default 1)")
     run.add_argument("--idle-exit", type=int, default=30, metavar="S", help="consumers exit after S idle seconds")
     run.add_argument("--function-timeout", type=int, default=DEFAULT_FUNCTION_TIMEOUT_S, metavar="S")
-    add_model_options(run)
-    add_redis_options(run)
-    add_common_options(run)
-    run.set_defaults(handler=cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

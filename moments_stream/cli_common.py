@@ -32,19 +32,37 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bucket", help="storage bucket (env MOMENTS_BUCKET; default moments-stream)")
 
 
+def add_command(
+    commands: argparse._SubParsersAction,
+    handler: Callable[[argparse.Namespace], int],
+    *args: str,
+    model: bool = False,
+    redis: bool = False,
+    **kwargs: str,
+) -> argparse.ArgumentParser:
+    """A subcommand run by ``handler``, with the model/Redis options it takes and ``--verbose``."""
+    parser = commands.add_parser(*args, **kwargs)
+    if model:
+        add_model_options(parser)
+    if redis:
+        add_redis_options(parser)
+    add_common_options(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket")
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
 
 
-def run_cli(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, dispatch: Callable[[argparse.Namespace], int]
-) -> int:
-    """Parse, configure logging, run; expected failures print their fix instead of a traceback."""
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, configure logging, run the command's handler; expected failures print their fix
+    instead of a traceback."""
     args = parser.parse_args(argv)
     configure_logging(verbose=getattr(args, "verbose", False))
     try:
-        return dispatch(args)
+        return args.handler(args)
     except MomentsError as error:
         print(f"error: {error.message}", file=sys.stderr)
         if error.fix:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from moments_stream.cli_common import add_common_options, add_redis_options, run_cli, settings_from_args
+from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.errors import ConfigError
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import get_logger
@@ -68,22 +68,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="producer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    enqueue = sub.add_parser("enqueue", help="enqueue the videos under PREFIX not enqueued before")
+    enqueue = add_command(
+        sub, cmd_enqueue, "enqueue", help="enqueue the videos under PREFIX not enqueued before", redis=True
+    )
     enqueue.add_argument("prefix", help="key prefix, e.g. videos/")
-    add_redis_options(enqueue)
-    add_common_options(enqueue)
-    enqueue.set_defaults(handler=cmd_enqueue)
-    upload_cmd = sub.add_parser("upload", help="copy the videos of a local folder into storage under PREFIX")
+    upload_cmd = add_command(
+        sub, cmd_upload, "upload", help="copy the videos of a local folder into storage under PREFIX", redis=True
+    )
     upload_cmd.add_argument("directory")
     upload_cmd.add_argument("prefix")
-    add_redis_options(upload_cmd)
-    add_common_options(upload_cmd)
-    upload_cmd.set_defaults(handler=cmd_upload)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv, lambda args: args.handler(args))
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

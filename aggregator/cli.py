@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -63,8 +64,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def counts_document(client: redis.Redis) -> dict[str, object]:
+    """The counts and the totals of each state, for scripts (``aggregator counts --json``)."""
+    by_category = dict(ledger.sorted_counts(ledger.counts(client)))
+    return {
+        "counts": by_category,
+        "counted": sum(by_category.values()),
+        "pending": ledger.pending_count(client),
+        "failed": int(client.hlen(keys.failed())),
+    }
+
+
 def cmd_counts(args: argparse.Namespace) -> int:
     client = ensure_redis(settings_from_args(args))
+    if args.json:
+        print(json.dumps(counts_document(client)))
+        return 0
     if not args.watch:
         print(format_counts(client))
         return 0
@@ -81,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="return once nothing arrived for S seconds and no video is pending")  # fmt: skip
     counts = add_command(sub, cmd_counts, "counts", help="print the category counts, most frequent first", redis=True)
     counts.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    counts.add_argument("--json", action="store_true", help="one JSON object: counts, counted, pending, failed")
     counts.add_argument("--interval", type=float, default=2.0)
     return parser
 

@@ -93,6 +93,8 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
     assert client.hlen("moments:pending") == 0
     table = run(pipeline_env, "aggregator", "counts")
     assert "pending 0, failed 1" in table.stdout and "total      " in table.stdout
+    document = json.loads(run(pipeline_env, "aggregator", "counts", "--json").stdout)
+    assert document == {"counts": counts(pipeline_env), "counted": 3, "pending": 0, "failed": 1}
 
 
 def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str], tmp_path: Path) -> None:

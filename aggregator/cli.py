@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -23,15 +24,25 @@ from .drain import drain
 log = get_logger(__name__)
 
 
+def counts_document(client: redis.Redis) -> dict[str, Any]:
+    """The counts and the totals of each state, for scripts (``aggregator counts --json``)."""
+    by_category = dict(ledger.sorted_counts(ledger.counts(client)))
+    return {
+        "counts": by_category,
+        "counted": sum(by_category.values()),
+        "pending": ledger.pending_count(client),
+        "failed": int(client.hlen(keys.failed())),
+    }
+
+
 def format_counts(client: redis.Redis) -> str:
-    rows = ledger.sorted_counts(ledger.counts(client))
-    total = sum(count for _, count in rows)
-    width = max([len(name) for name, _ in rows] + [8])
+    document = counts_document(client)
+    by_category = document["counts"]
+    width = max([len(name) for name in by_category] + [8])
     lines = [f"{'category':<{width}}  count"]
-    lines += [f"{name:<{width}}  {count:>5}" for name, count in rows]
-    lines.append(f"{'total':<{width}}  {total:>5}")
-    pending, failed = ledger.pending_count(client), client.hlen(keys.failed())
-    lines.append(f"pending {pending}, failed {failed}")
+    lines += [f"{name:<{width}}  {count:>5}" for name, count in by_category.items()]
+    lines.append(f"{'total':<{width}}  {document['counted']:>5}")
+    lines.append(f"pending {document['pending']}, failed {document['failed']}")
     return "\n".join(lines)
 
 
@@ -62,17 +73,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, "
           f"stale {report.stale}, recovered from outbox {report.recovered}")  # fmt: skip
     return 0
-
-
-def counts_document(client: redis.Redis) -> dict[str, object]:
-    """The counts and the totals of each state, for scripts (``aggregator counts --json``)."""
-    by_category = dict(ledger.sorted_counts(ledger.counts(client)))
-    return {
-        "counts": by_category,
-        "counted": sum(by_category.values()),
-        "pending": ledger.pending_count(client),
-        "failed": int(client.hlen(keys.failed())),
-    }
 
 
 def cmd_counts(args: argparse.Namespace) -> int:

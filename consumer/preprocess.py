@@ -17,13 +17,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _to_input_size(images: torch.Tensor) -> torch.Tensor:
+    """(..., C, H, W) uint8 -> (..., C, 224, 224), PIL-equal bilinear; input already that size is kept."""
+    if tuple(images.shape[-2:]) == INPUT_SIZE:
+        return images
+    return TF.resize(images, list(INPUT_SIZE), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
 def resize_frame(frame_rgb: np.ndarray) -> np.ndarray:
     """One (H, W, 3) uint8 frame resized to the model's input size, as :func:`to_model_input` would."""
-    if frame_rgb.shape[:2] == INPUT_SIZE:
-        return frame_rgb
     tensor = torch.from_numpy(np.ascontiguousarray(frame_rgb)).permute(2, 0, 1)
-    resized = TF.resize(tensor, list(INPUT_SIZE), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return resized.permute(1, 2, 0).numpy()
+    return _to_input_size(tensor).permute(1, 2, 0).numpy()
 
 
 def to_model_input(frames_rgb: np.ndarray) -> torch.Tensor:
@@ -31,9 +35,5 @@ def to_model_input(frames_rgb: np.ndarray) -> torch.Tensor:
     if frames_rgb.ndim != 4 or frames_rgb.shape[-1] != 3 or frames_rgb.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames_rgb.shape} {frames_rgb.dtype}")
     batch = torch.from_numpy(np.ascontiguousarray(frames_rgb)).permute(0, 3, 1, 2)
-    if tuple(batch.shape[-2:]) == INPUT_SIZE:
-        resized = batch
-    else:
-        resized = TF.resize(batch, list(INPUT_SIZE), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    scaled = resized.to(torch.float32).div_(255.0)
+    scaled = _to_input_size(batch).to(torch.float32).div_(255.0)
     return TF.normalize(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))

@@ -19,12 +19,10 @@ import redis
 
 from moments_stream import ledger
 from moments_stream.logs import get_logger
+from moments_stream.redis_conn import REDIS_OUTAGE, Backoff
 from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
 
 log = get_logger(__name__)
-
-# Longest pause between attempts while Redis is unreachable.
-MAX_BACKOFF_S = 15.0
 
 
 @dataclass
@@ -79,7 +77,7 @@ def drain(
     long and no video is pending. Rides out Redis outages with back-off."""
     report = DrainReport()
     last_arrival = last_recovery = time.monotonic()
-    backoff = 0.5
+    backoff = Backoff()
     while not (stop_event is not None and stop_event.is_set()):
         try:
             try:
@@ -95,9 +93,7 @@ def drain(
                 continue
             last_arrival = time.monotonic()
             apply(client, message, report)
-            backoff = 0.5
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.warning("redis_unreachable_retrying", delay_s=backoff, error=str(error))
-            time.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            backoff.reset()
+        except REDIS_OUTAGE as error:
+            backoff.wait(error)
     return report

@@ -19,6 +19,7 @@ from rq.scheduler import RQScheduler
 from rq.scripts import release_lock
 
 from moments_stream.logs import get_logger
+from moments_stream.redis_conn import REDIS_OUTAGE
 
 log = get_logger(__name__)
 
@@ -75,7 +76,7 @@ class Heartbeat:
         while not self._stopped.wait(self._interval_s):
             try:
                 self._beat()
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except REDIS_OUTAGE as error:
                 log.warning("heartbeat_failed", worker=self._worker, error=str(error))
 
     def __enter__(self) -> Heartbeat:

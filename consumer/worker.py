@@ -19,7 +19,7 @@ from moments_stream.lithops_env import results_queue
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import configure_logging, get_logger
 from moments_stream.queues import video_queue
-from moments_stream.redis_conn import connect
+from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, connect
 from moments_stream.settings import Settings
 
 from .classify import load_classifier
@@ -74,7 +74,7 @@ class ConsumerWorker(SimpleWorker):
         try:
             if self.retry_scheduler.acquire_locks():
                 self.retry_scheduler.enqueue_scheduled_jobs()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except REDIS_OUTAGE as error:
             log.warning("redis_unreachable_retrying", worker=self.name, error=str(error))
 
     def clean_registries(self) -> None:
@@ -90,7 +90,7 @@ class ConsumerWorker(SimpleWorker):
             return True
         try:
             return bool(self.connection.exists(keys.stop_consumers()))
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_OUTAGE:
             return False  # Redis is restarting: rq's dequeue loop waits for it with back-off
 
     def should_stop(self) -> bool:
@@ -126,16 +126,14 @@ class ConsumerWorker(SimpleWorker):
 
 
 def connect_with_backoff(url: str, attempts: int = 8) -> redis.Redis:
-    delay = 0.5
+    backoff = Backoff()
     for attempt in range(1, attempts + 1):
         try:
             return connect(url)
         except Exception as error:
             if attempt == attempts:
                 raise
-            log.warning("redis_unreachable_retrying", attempt=attempt, delay_s=delay, error=str(error))
-            time.sleep(delay)
-            delay = min(delay * 2, 15)
+            backoff.wait(error, attempt=attempt)
     raise AssertionError("unreachable")
 
 

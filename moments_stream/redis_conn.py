@@ -41,6 +41,27 @@ FIRST_PING_RETRY = Retry(NoBackoff(), retries=0)
 OUTAGE_RETRY = Retry(ExponentialWithJitterBackoff(base=0.5, cap=5), retries=20)
 
 
+# What a client raises while Redis is down or restarting (after its own retries ran out).
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Backoff:
+    """Pauses that double from ``first_s`` up to ``max_s`` while Redis is away, each one logged."""
+
+    def __init__(self, first_s: float = 0.5, max_s: float = 15.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.delay_s = first_s
+
+    def wait(self, error: BaseException, **fields: object) -> None:
+        log.warning("redis_unreachable_retrying", delay_s=self.delay_s, error=str(error), **fields)
+        time.sleep(self.delay_s)
+        self.delay_s = min(self.delay_s * 2, self.max_s)
+
+    def reset(self) -> None:
+        self.delay_s = self.first_s
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` that has answered PING, or a :class:`RedisUnavailableError` naming the fix.
 

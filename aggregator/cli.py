@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from moments_stream import keys, ledger
-from moments_stream.cli_common import add_command, run_cli, settings_from_args
+from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
 from moments_stream.lithops_env import results_queue
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import ensure_redis
 
 from .drain import drain
+from .export import FORMATS, export_rows, write_rows
+from .status import format_status, model_label, status_document
 
 log = get_logger(__name__)
 
 
-def counts_document(client: redis.Redis) -> dict[str, Any]:
-    """The counts and the totals of each state, for scripts (``aggregator counts --json``)."""
-    by_category = dict(ledger.sorted_counts(ledger.counts(client)))
+def counts_document(client: redis.Redis, model_id: str | None = None) -> dict[str, Any]:
+    """One model's counts (the current one by default) and the totals of each state, for scripts."""
+    model = ledger.resolve_model(client, model_id)
+    by_category = dict(ledger.sorted_counts(ledger.counts(client, model))) if model else {}
     return {
+        "model": model,
         "counts": by_category,
         "counted": sum(by_category.values()),
         "pending": ledger.pending_count(client),
@@ -35,33 +39,28 @@ def counts_document(client: redis.Redis) -> dict[str, Any]:
     }
 
 
-def format_counts(client: redis.Redis) -> str:
-    document = counts_document(client)
+def format_counts(client: redis.Redis, model_id: str | None = None) -> str:
+    document = counts_document(client, model_id)
     by_category = document["counts"]
     width = max([len(name) for name in by_category] + [8])
-    lines = [f"{'category':<{width}}  count"]
+    lines = [f"model {model_label(document['model'])}", f"{'category':<{width}}  count"]
     lines += [f"{name:<{width}}  {count:>5}" for name, count in by_category.items()]
     lines.append(f"{'total':<{width}}  {document['counted']:>5}")
     lines.append(f"pending {document['pending']}, failed {document['failed']}")
     return "\n".join(lines)
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """SIGINT/SIGTERM (Ctrl-C, docker stop) finish the message in hand, then return normally."""
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("aggregator_stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+def refresh_until_interrupted(render: Callable[[], str], interval_s: float) -> int:
+    while True:
+        print("\033[2J\033[H" + render(), flush=True)
+        time.sleep(interval_s)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
     stop = threading.Event()
-    stop_on_signals(stop)
+    stop_on_signals(stop, "aggregator_stopping")
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
     report = drain(
         client,
@@ -78,14 +77,54 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_counts(args: argparse.Namespace) -> int:
     client = ensure_redis(settings_from_args(args))
     if args.json:
-        print(json.dumps(counts_document(client)))
+        print(json.dumps(counts_document(client, args.model_id)))
         return 0
-    if not args.watch:
-        print(format_counts(client))
+    if args.watch:
+        return refresh_until_interrupted(lambda: format_counts(client, args.model_id), args.interval)
+    print(format_counts(client, args.model_id))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    if args.json:
+        print(json.dumps(status_document(client, settings, args.model_id)))
         return 0
-    while True:
-        print("\033[2J\033[H" + format_counts(client), flush=True)
-        time.sleep(args.interval)
+    if args.watch:
+        return refresh_until_interrupted(
+            lambda: format_status(status_document(client, settings, args.model_id)), args.interval
+        )
+    print(format_status(status_document(client, settings, args.model_id)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    client = ensure_redis(settings_from_args(args))
+    model = ledger.resolve_model(client, args.model_id)
+    rows = export_rows(client, model, include_failed=args.include_failed)
+    if args.out is None:
+        written = write_rows(rows, sys.stdout, args.format)
+    else:
+        # Written aside and renamed, so a reader never sees half an export.
+        partial = Path(f"{args.out}.partial")
+        with partial.open("w", newline="", encoding="utf-8") as out:
+            written = write_rows(rows, out, args.format)
+        partial.replace(args.out)
+    log.info("exported", rows=written, model_id=model, format=args.format, out=args.out or "stdout")
+    return 0
+
+
+def add_model_id_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="model_id", metavar="ID",
+                        help="model id or a unique prefix of it (default: the model that counted last)")  # fmt: skip
+
+
+def add_view_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    parser.add_argument("--interval", type=float, default=2.0, metavar="S", help="--watch refresh period")
+    add_model_id_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,9 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--idle-exit", type=float, metavar="S",
                      help="return once nothing arrived for S seconds and no video is pending")  # fmt: skip
     counts = add_command(sub, cmd_counts, "counts", help="print the category counts, most frequent first", redis=True)
-    counts.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    counts.add_argument("--json", action="store_true", help="one JSON object: counts, counted, pending, failed")
-    counts.add_argument("--interval", type=float, default=2.0)
+    add_view_options(counts, "one JSON object: model, counts, counted, pending, failed")
+    status = add_command(sub, cmd_status, "status", help="pending, in flight, counted, failed, workers, ETA",
+                         redis=True)  # fmt: skip
+    add_view_options(status, "one JSON object with every figure (README: Watching a run)")
+    export = add_command(sub, cmd_export, "export", help="one row per video: top-5, model, worker, timings",
+                         redis=True)  # fmt: skip
+    export.add_argument("--format", choices=FORMATS, default="jsonl")
+    export.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    export.add_argument("--include-failed", action="store_true", help="also one row per failed video, with its error")
+    add_model_id_option(export)
     return parser
 
 

@@ -25,6 +25,9 @@ from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
 log = get_logger(__name__)
 
 
+_LOGGED_FIELDS = ("video", "worker", "download_ms", "decode_ms", "infer_ms", "total_ms")
+
+
 @dataclass
 class DrainReport:
     counted: int = 0
@@ -39,22 +42,22 @@ class DrainReport:
 
 
 def apply(client: redis.Redis, message: dict[str, Any], report: DrainReport) -> None:
-    """Record one outcome from a consumer: a prediction, or a video that could not be classified."""
+    """Record one outcome from a consumer (a prediction, or a video that could not be classified);
+    logs one ``video_recorded`` event with the outcome and the consumer's timings."""
     outcome = ledger.record(client, message)
-    failed = message.get("outcome") == "failed"
-    fields = {"video": message["video"], "worker": message.get("worker")}
+    fields = {name: message.get(name) for name in _LOGGED_FIELDS if message.get(name) is not None}
     if outcome is ledger.Outcome.DUPLICATE:
         report.duplicates += 1
-        log.info("duplicate_ignored", **fields)
+        log.info("video_recorded", outcome="duplicate_ignored", **fields)
     elif outcome is ledger.Outcome.STALE:
         report.stale += 1
-        log.info("stale_version_ignored", fingerprint=message["fingerprint"], **fields)
-    elif failed:
+        log.info("video_recorded", outcome="stale_version_ignored", fingerprint=message["fingerprint"], **fields)
+    elif message.get("outcome") == "failed":
         report.failed += 1
-        log.warning("video_failed", error=message.get("error"), **fields)
+        log.warning("video_recorded", outcome="failed", error=message.get("error"), **fields)
     else:
         report.counted += 1
-        log.info("video_counted", top1=message["top5"][0][0], **fields)
+        log.info("video_recorded", outcome="counted", top1=message["top5"][0][0], **fields)
 
 
 def recover_unrecorded(client: redis.Redis, older_than_s: float, report: DrainReport) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from moments_stream.logs import get_logger
-from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, Settings
+from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, SYNTHETIC_MODEL_PREFIX, Settings
 
 from . import assets
 from .frames import read_frames
@@ -136,7 +136,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
     model = prepare_for_inference(model, options)
     model_id = model_id_for(release.name, weights_path, categories)
     if synthetic:
-        model_id = "synthetic-" + model_id
+        model_id = SYNTHETIC_MODEL_PREFIX + model_id
         log.warning(
             "synthetic_weights",
             weights=str(weights_path),

@@ -77,32 +77,35 @@ def download(context: WorkerContext, key: str, directory: str) -> str:
     return path
 
 
+def _elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
 def classify_video(key: str, fingerprint: str) -> str:
-    """rq job: classify one stored video and publish the outcome for the aggregator."""
+    """rq job: classify one stored video and publish the outcome for the aggregator.
+
+    Logs one ``video_processed`` event per video with its outcome and timings.
+    """
     context = current_context()
+    model_id = context.classifier.model_id
     started = time.perf_counter()
+    fields: dict[str, Any] = {"video": key, "worker": context.worker_id}
     try:
         with tempfile.TemporaryDirectory(prefix="moments-") as directory:
             local = download(context, key, directory)
-            downloaded = time.perf_counter()
+            fields["download_ms"] = _elapsed_ms(started)
             prediction = context.classifier.classify_file(local, name=key)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        failure = ledger.failure_record(key, fingerprint, error.message, context.worker_id)
+        failure = ledger.failure_record(key, fingerprint, error.message, context.worker_id, model_id)
         ledger.publish(context.client, context.results, failure)
-        log.warning("video_failed", video=key, worker=context.worker_id, error=error.message)
+        log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return "failed"
     record = prediction.to_dict()
-    record.update(
-        outcome="counted",
-        fingerprint=fingerprint,
-        worker=context.worker_id,
-        download_ms=round((downloaded - started) * 1000, 2),
-        total_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+    record.update(outcome="counted", fingerprint=fingerprint, total_ms=_elapsed_ms(started), **fields)
     ledger.publish(context.client, context.results, record)
-    log.info("video_classified", video=key, worker=context.worker_id, top1=prediction.top1,
-             decode_ms=prediction.decode_ms, infer_ms=prediction.infer_ms, total_ms=record["total_ms"])  # fmt: skip
+    log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
+             infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)  # fmt: skip
     return prediction.top1
 
 
@@ -125,5 +128,7 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
     if job.retries_left:
         log.warning("video_attempt_failed", video=key, error=message, retries_left=job.retries_left)
         return
-    ledger.record_failure(connection, ledger.failure_record(key, fingerprint, message))
-    log.error("video_failed", video=key, error=message)
+    # Abandoned jobs are failed by whichever consumer cleans up; it runs the same model.
+    model_id = _context.classifier.model_id if _context is not None else None
+    ledger.record_failure(connection, ledger.failure_record(key, fingerprint, message, model_id=model_id))
+    log.error("video_processed", outcome="failed", video=key, error=message, attempts="all")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .errors import MomentsError
-from .logs import configure_logging
+from .logs import configure_logging, get_logger
 from .settings import MODEL_RELEASES, PRECISIONS, Settings
 
 
@@ -54,6 +56,18 @@ def add_command(
 def settings_from_args(args: argparse.Namespace) -> Settings:
     fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket")
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
+
+
+def stop_on_signals(stop: threading.Event, event: str) -> None:
+    """SIGINT/SIGTERM (Ctrl-C, docker stop) set ``stop``: the command finishes what it holds and
+    returns normally instead of dying mid-write."""
+
+    def handler(signum: int, frame: object) -> None:
+        get_logger(__name__).info(event, signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -18,14 +18,33 @@ def pending() -> str:
     return f"{PREFIX}:pending"
 
 
-def predictions() -> str:
-    """Hash: video key -> JSON record (top-5, model id, fingerprint, worker, timings)."""
-    return f"{PREFIX}:predictions"
+def models() -> str:
+    """Sorted set: model id -> Redis time of the latest prediction counted with it.
+
+    The highest score is the current model, the one ``aggregator counts`` shows by default.
+    """
+    return f"{PREFIX}:models"
 
 
-def counts() -> str:
-    """Hash: category -> number of videos whose top-1 it is."""
-    return f"{PREFIX}:counts"
+def predictions(model_id: str) -> str:
+    """Hash: video key -> JSON record (top-5, fingerprint, worker, timings) of one model.
+
+    Per model, so that changing the weights or the category list never mixes two models' results.
+    """
+    return f"{PREFIX}:predictions:{model_id}"
+
+
+def counts(model_id: str) -> str:
+    """Hash: category -> number of videos whose top-1 it is, under one model."""
+    return f"{PREFIX}:counts:{model_id}"
+
+
+def recent() -> str:
+    """Sorted set: video key -> Redis time its outcome (counted or failed) was recorded.
+
+    Holds the last ``settings.RECENT_WINDOW_S`` only; ``aggregator status`` derives throughput from it.
+    """
+    return f"{PREFIX}:recent"
 
 
 def failed() -> str:

@@ -18,6 +18,8 @@ from typing import Any
 import redis
 
 from . import keys
+from .errors import ConfigError
+from .settings import RECENT_WINDOW_S
 
 
 class Outcome(enum.Enum):
@@ -36,7 +38,17 @@ if latest and latest ~= ARGV[2] then return -1 end
 if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
 """
 
-# + KEYS: predictions, counts, failed. ARGV: top1, record JSON.
+# Shared tail of both scripts: note when this video finished (Redis clock) for throughput, and
+# forget finishes older than the window. Leaves the time in ``now`` for the caller.
+_NOTE_FINISHED = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZADD', KEYS[#KEYS], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', now - tonumber(ARGV[#ARGV]))
+"""
+
+# + KEYS: predictions, counts (of the record's model), failed, models, recent.
+# ARGV: video, fingerprint, top1, record JSON, model id, recent window.
 _RECORD_PREDICTION = (
     _SETTLE
     + """
@@ -50,17 +62,25 @@ end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 redis.call('HDEL', KEYS[6], ARGV[1])
+"""
+    + _NOTE_FINISHED
+    + """
+redis.call('ZADD', KEYS[7], now, ARGV[5])
 return 1
 """
 )
 
-# + KEYS: predictions, failed. ARGV: failure JSON.
+# + KEYS: predictions (of the failing model), failed, recent. ARGV: video, fingerprint, failure
+# JSON, recent window.
 _RECORD_FAILURE = (
     _SETTLE
     + """
 local current = redis.call('HGET', KEYS[4], ARGV[1])
 if current and cjson.decode(current)['fingerprint'] == ARGV[2] then return 0 end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+"""
+    + _NOTE_FINISHED
+    + """
 return 1
 """
 )
@@ -74,26 +94,38 @@ def _run(client: redis.Redis, source: str, extra_keys: list[str], args: list[Any
 
 
 def record_prediction(client: redis.Redis, record: dict[str, Any]) -> Outcome:
-    """Count ``record`` (a prediction dict with video, fingerprint, top5) once."""
+    """Count ``record`` (a prediction dict with video, fingerprint, top5, model_id) once, under its model."""
+    model_id = record["model_id"]
     return _run(
         client,
         _RECORD_PREDICTION,
-        [keys.predictions(), keys.counts(), keys.failed()],
-        [record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record)],
+        [keys.predictions(model_id), keys.counts(model_id), keys.failed(), keys.models(), keys.recent()],
+        [record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record), model_id, RECENT_WINDOW_S],
     )
 
 
-def failure_record(video: str, fingerprint: str, error: str, worker: str | None = None) -> dict[str, Any]:
-    return {"outcome": "failed", "video": video, "fingerprint": fingerprint, "error": error, "worker": worker}
+def failure_record(
+    video: str, fingerprint: str, error: str, worker: str | None = None, model_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "outcome": "failed",
+        "video": video,
+        "fingerprint": fingerprint,
+        "error": error,
+        "worker": worker,
+        "model_id": model_id,
+    }
 
 
 def record_failure(client: redis.Redis, record: dict[str, Any]) -> Outcome:
-    """Mark a video failed with its error (a :func:`failure_record`) unless this very version was counted."""
+    """Mark a video failed with its error (a :func:`failure_record`) unless this very version was
+    counted by the failing model (the current one when the record does not say)."""
+    model_id = record.get("model_id") or current_model(client) or ""
     return _run(
         client,
         _RECORD_FAILURE,
-        [keys.predictions(), keys.failed()],
-        [record["video"], record["fingerprint"], json.dumps(record)],
+        [keys.predictions(model_id), keys.failed(), keys.recent()],
+        [record["video"], record["fingerprint"], json.dumps(record), RECENT_WINDOW_S],
     )
 
 
@@ -120,8 +152,34 @@ def unrecorded_outcomes(client: redis.Redis, older_than_s: float, now: float | N
             yield message
 
 
-def counts(client: redis.Redis) -> dict[str, int]:
-    return {name.decode(): int(value) for name, value in client.hgetall(keys.counts()).items()}
+def counts(client: redis.Redis, model_id: str) -> dict[str, int]:
+    return {name.decode(): int(value) for name, value in client.hgetall(keys.counts(model_id)).items()}
+
+
+def known_models(client: redis.Redis) -> list[str]:
+    """Every model that has counted a video, the current (most recently used) one first."""
+    return [model_id.decode() for model_id in client.zrevrange(keys.models(), 0, -1)]
+
+
+def current_model(client: redis.Redis) -> str | None:
+    latest = client.zrevrange(keys.models(), 0, 0)
+    return latest[0].decode() if latest else None
+
+
+def resolve_model(client: redis.Redis, requested: str | None) -> str | None:
+    """The model id ``requested`` names (in full, or by a prefix that fits only one), else the
+    current model; ``None`` when nothing has been counted yet."""
+    if requested is None:
+        return current_model(client)
+    models = known_models(client)
+    if requested in models:
+        return requested
+    matches = [model_id for model_id in models if model_id.startswith(requested)]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(models) or "none yet"
+    problem = "matches several models" if matches else "is not a model that has counted videos"
+    raise ConfigError(f"--model {requested!r} {problem}", fix=f"use one of the model ids: {known}")
 
 
 def sorted_counts(counts_by_category: dict[str, int]) -> list[tuple[str, int]]:

@@ -77,6 +77,12 @@ DEFAULT_CONSUMER_LEASE_S = 30
 DEFAULT_RECOVER_AFTER_S = 30
 # Frames decoded per video at most: the sequential walk stops here (30 minutes at 30 fps).
 DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
+# Model ids of random test checkpoints start with this, so no view passes them off as real.
+SYNTHETIC_MODEL_PREFIX = "synthetic-"
+# How far back the record of recently finished videos (throughput, ETA) reaches.
+RECENT_WINDOW_S = 600
+# `aggregator status` reports throughput over this last stretch of time.
+THROUGHPUT_WINDOW_S = 60
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:

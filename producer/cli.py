@@ -4,35 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from moments_stream.cli_common import add_command, run_cli, settings_from_args
+import redis
+
+from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
 from moments_stream.errors import ConfigError
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import get_logger
-from moments_stream.redis_conn import ensure_redis
+from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, ensure_redis
 from moments_stream.settings import Settings
 
 from .enqueue import EnqueueReport, enqueue_objects
-from .listing import iter_objects
+from .listing import StoredObject, iter_objects
 from .upload import UploadReport, upload_directory
 
 log = get_logger(__name__)
 
 
-def enqueue_prefix(settings: Settings, prefix: str) -> EnqueueReport:
-    client = ensure_redis(settings)
-    storage = lithops_storage(settings)
+def enqueue_pass(
+    client: redis.Redis, storage: Any, settings: Settings, prefix: str, reclassify: bool = False
+) -> tuple[EnqueueReport, int]:
+    """List ``prefix`` once and enqueue what is new; returns the report and how many objects were listed."""
     listed = 0
 
-    def counted():
+    def counted() -> Iterator[StoredObject]:
         nonlocal listed
         for item in iter_objects(storage, settings.bucket, prefix):
             listed += 1
             yield item
 
-    report = enqueue_objects(client, settings, counted())
+    return enqueue_objects(client, settings, counted(), reclassify=reclassify), listed
+
+
+def enqueue_prefix(settings: Settings, prefix: str, reclassify: bool = False) -> EnqueueReport:
+    report, listed = enqueue_pass(ensure_redis(settings), lithops_storage(settings), settings, prefix, reclassify)
     if listed == 0:
         raise ConfigError(
             f"no objects under prefix {prefix!r} in bucket {settings.bucket!r}",
@@ -41,6 +50,38 @@ def enqueue_prefix(settings: Settings, prefix: str) -> EnqueueReport:
     log.info("enqueued", prefix=prefix, bucket=settings.bucket, enqueued=report.enqueued,
              skipped=report.skipped, ignored=report.ignored)  # fmt: skip
     return report
+
+
+def watch_prefix(settings: Settings, prefix: str, interval_s: float, stop: threading.Event) -> EnqueueReport:
+    """Enqueue new uploads under ``prefix`` every ``interval_s`` until ``stop`` is set.
+
+    A missing bucket or a refused Redis fails the first pass, as ``enqueue`` does; later, Redis
+    outages and storage errors are logged and the next pass tries again.
+    """
+    client = ensure_redis(settings)
+    storage = lithops_storage(settings)
+    total = EnqueueReport()
+    passes = 0
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            report, listed = enqueue_pass(client, storage, settings, prefix)
+        except REDIS_OUTAGE as error:
+            backoff.wait(error)
+            continue
+        except Exception:
+            if passes == 0:
+                raise
+            log.exception("watch_pass_failed", prefix=prefix, bucket=settings.bucket)
+        else:
+            backoff.reset()
+            total.add(report)
+            level = log.info if report.enqueued else log.debug
+            level("watch_pass", prefix=prefix, listed=listed, enqueued=report.enqueued, skipped=report.skipped)
+        passes += 1
+        stop.wait(interval_s)
+    log.info("watch_stopped", prefix=prefix, passes=passes, enqueued=total.enqueued)
+    return total
 
 
 def upload(settings: Settings, directory: Path, prefix: str) -> UploadReport:
@@ -56,7 +97,15 @@ def normalise_prefix(prefix: str) -> str:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    print(enqueue_prefix(settings_from_args(args), normalise_prefix(args.prefix)))
+    print(enqueue_prefix(settings_from_args(args), normalise_prefix(args.prefix), reclassify=args.reclassify))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    stop_on_signals(stop, "watch_stopping")
+    report = watch_prefix(settings_from_args(args), normalise_prefix(args.prefix), args.interval, stop)
+    print(f"enqueued {report.enqueued} while watching")
     return 0
 
 
@@ -72,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub, cmd_enqueue, "enqueue", help="enqueue the videos under PREFIX not enqueued before", redis=True
     )
     enqueue.add_argument("prefix", help="key prefix, e.g. videos/")
+    enqueue.add_argument(
+        "--reclassify", action="store_true", help="enqueue every video, even those enqueued before (new weights)"
+    )
+    watch = add_command(
+        sub, cmd_watch, "watch", help="enqueue new uploads under PREFIX as they appear, until Ctrl-C", redis=True
+    )
+    watch.add_argument("prefix", help="key prefix, e.g. videos/")
+    watch.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between listings (10)")
     upload_cmd = add_command(
         sub, cmd_upload, "upload", help="copy the videos of a local folder into storage under PREFIX", redis=True
     )

@@ -25,6 +25,11 @@ class EnqueueReport:
     def __str__(self) -> str:
         return f"enqueued {self.enqueued}, skipped {self.skipped}"
 
+    def add(self, other: EnqueueReport) -> None:
+        self.enqueued += other.enqueued
+        self.skipped += other.skipped
+        self.ignored += other.ignored
+
 
 def new_objects(client: redis.Redis, batch: list[StoredObject]) -> list[StoredObject]:
     """Those of ``batch`` whose fingerprint differs from the one enqueued last time."""
@@ -32,7 +37,10 @@ def new_objects(client: redis.Redis, batch: list[StoredObject]) -> list[StoredOb
     return [item for item, seen in zip(batch, known, strict=True) if seen is None or seen.decode() != item.fingerprint]
 
 
-def enqueue_objects(client: redis.Redis, settings: Settings, objects: Iterable[StoredObject]) -> EnqueueReport:
+def enqueue_objects(
+    client: redis.Redis, settings: Settings, objects: Iterable[StoredObject], reclassify: bool = False
+) -> EnqueueReport:
+    """Enqueue the videos among ``objects`` not enqueued before (every one with ``reclassify``)."""
     report = EnqueueReport()
     videos = []
     for item in objects:
@@ -41,16 +49,18 @@ def enqueue_objects(client: redis.Redis, settings: Settings, objects: Iterable[S
         else:
             report.ignored += 1
         if len(videos) == BATCH:
-            _enqueue_batch(client, settings, videos, report)
+            _enqueue_batch(client, settings, videos, report, reclassify)
             videos = []
-    _enqueue_batch(client, settings, videos, report)
+    _enqueue_batch(client, settings, videos, report, reclassify)
     return report
 
 
-def _enqueue_batch(client: redis.Redis, settings: Settings, batch: list[StoredObject], report: EnqueueReport) -> None:
+def _enqueue_batch(
+    client: redis.Redis, settings: Settings, batch: list[StoredObject], report: EnqueueReport, reclassify: bool
+) -> None:
     if not batch:
         return
-    fresh = new_objects(client, batch)
+    fresh = batch if reclassify else new_objects(client, batch)
     report.skipped += len(batch) - len(fresh)
     enqueue_videos(client, settings, {item.key: item.fingerprint for item in fresh})
     report.enqueued += len(fresh)

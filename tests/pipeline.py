@@ -58,8 +58,23 @@ def client_for(env: dict[str, str]) -> redis.Redis:
     return redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
 
 
+def current_model(client: redis.Redis) -> str:
+    """The model that counted last, read as a user would with redis-cli ("" before any count)."""
+    latest = client.zrevrange("moments:models", 0, 0)
+    return latest[0].decode() if latest else ""
+
+
+def predictions_key(client: redis.Redis) -> str:
+    return f"moments:predictions:{current_model(client)}"
+
+
+def counts_of(client: redis.Redis, model_id: str | None = None) -> dict[str, int]:
+    key = f"moments:counts:{model_id or current_model(client)}"
+    return {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+
+
 def counts(env: dict[str, str]) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client_for(env).hgetall("moments:counts").items()}
+    return counts_of(client_for(env))
 
 
 def direct_top1(env: dict[str, str], clips: list[Path]) -> dict[str, str]:

@@ -18,7 +18,7 @@ import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
-from tests.pipeline import BIN, counts, direct_top1, make_clips, pipeline_environment, run
+from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, pipeline_environment, run
 from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.e2e
@@ -94,7 +94,8 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
     table = run(pipeline_env, "aggregator", "counts")
     assert "pending 0, failed 1" in table.stdout and "total      " in table.stdout
     document = json.loads(run(pipeline_env, "aggregator", "counts", "--json").stdout)
-    assert document == {"counts": counts(pipeline_env), "counted": 3, "pending": 0, "failed": 1}
+    expected_document = {"counts": counts(pipeline_env), "counted": 3, "pending": 0, "failed": 1}
+    assert document == {"model": current_model(client), **expected_document}
 
 
 def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str], tmp_path: Path) -> None:

@@ -25,7 +25,18 @@ from lithops.constants import LITHOPS_TEMP_DIR
 from rq import Worker
 
 from tests.media import synthetic_frames, write_h264
-from tests.pipeline import client_for, counts, direct_top1, make_clips, pipeline_environment, run, start, wait_until
+from tests.pipeline import (
+    client_for,
+    counts,
+    counts_of,
+    direct_top1,
+    make_clips,
+    pipeline_environment,
+    predictions_key,
+    run,
+    start,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +67,7 @@ def upload_and_enqueue(env: dict[str, str], folder: Path, prefix: str = "in/") -
 
 
 def recorded(client: redis.Redis) -> int:
-    return client.hlen("moments:predictions") + client.hlen("moments:failed")
+    return client.hlen(predictions_key(client)) + client.hlen("moments:failed")
 
 
 def finish(env: dict[str, str], consumers: subprocess.Popen[str]) -> list[dict]:
@@ -116,9 +127,9 @@ def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) ->
 
     assert counts(env) == collections.Counter(pipeline.expected.values())
     assert client.hlen("moments:failed") == 0
-    assert client.hlen("moments:predictions") == 30
+    assert client.hlen(predictions_key(client)) == 30
     for worker, video in killed.items():  # the interrupted videos were finished by other consumers
-        counted_by = json.loads(client.hget("moments:predictions", video))["worker"]
+        counted_by = json.loads(client.hget(predictions_key(client), video))["worker"]
         assert counted_by != worker
     assert [s["reason"] for s in summaries].count("crashed") == 2  # and both were relaunched
 
@@ -136,7 +147,7 @@ print(json.dumps(results_queue(connect(settings.redis_url), settings).get(timeou
 def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str], tmp_path: Path) -> None:
     pipeline = start_pipeline(env, tmp_path / "in", range(40, 52))
     client = pipeline.client
-    wait_until(lambda: client.hlen("moments:predictions") >= 3, 120, "the first counts")
+    wait_until(lambda: client.hlen(predictions_key(client)) >= 3, 120, "the first counts")
     pipeline.aggregator.kill()
     pipeline.aggregator.wait()
     # What an aggregator that died between popping a message and recording it leaves behind:
@@ -152,7 +163,7 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
     report = stop_aggregator(restarted)
 
     assert counts(env) == collections.Counter(pipeline.expected.values())
-    assert client.hlen("moments:predictions") == 12 and client.hlen("moments:failed") == 0
+    assert client.hlen(predictions_key(client)) == 12 and client.hlen("moments:failed") == 0
     assert "recovered from outbox 1" in report
     assert client.hlen("moments:outbox") == 0
 
@@ -160,7 +171,7 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
 def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, str], tmp_path: Path) -> None:
     pipeline = start_pipeline(env, tmp_path / "in", range(60, 80))
     client = pipeline.client
-    wait_until(lambda: client.hlen("moments:predictions") >= 4, 120, "the first counts")
+    wait_until(lambda: client.hlen(predictions_key(client)) >= 4, 120, "the first counts")
     server.stop()
     time.sleep(3)
     server.start()
@@ -168,7 +179,7 @@ def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, st
     finish(env, pipeline.consumers)
     report = stop_aggregator(pipeline.aggregator)
     assert counts(env) == collections.Counter(pipeline.expected.values())
-    assert client.hlen("moments:predictions") == 20 and client.hlen("moments:failed") == 0
+    assert client.hlen(predictions_key(client)) == 20 and client.hlen("moments:failed") == 0
     assert report.startswith("counted ")  # the aggregator lived through the outage
 
 
@@ -221,7 +232,7 @@ def test_ten_good_and_eight_bad_inputs(env: dict[str, str], tmp_path: Path) -> N
 
     client = client_for(env)
     assert counts(env) == collections.Counter(expected.values())
-    assert client.hlen("moments:predictions") == 10
+    assert client.hlen(predictions_key(client)) == 10
     failed = {json.loads(raw)["video"]: json.loads(raw)["error"] for raw in client.hvals("moments:failed")}
     assert set(failed) == {f"mixed/{name}" for name in errors}
     for name, words in errors.items():
@@ -255,9 +266,7 @@ def test_locked_down_redis_runs_the_whole_pipeline(
         done = run(env, "moments-stream", "run", str(tmp_path / "in"), "--workers", "2", "--idle-exit", "5")
         assert done.returncode == 0, done.stderr[-3000:]
         client = redis.Redis.from_url(server.url)
-        assert {k.decode(): int(v) for k, v in client.hgetall("moments:counts").items()} == collections.Counter(
-            expected.values()
-        )
+        assert counts_of(client) == collections.Counter(expected.values())
         assert "s3cret-pw" not in done.stderr + done.stdout
         without_password = run(
             dict(env, MOMENTS_REDIS_URL=server.url.replace(":s3cret-pw@", "")), "aggregator", "counts"

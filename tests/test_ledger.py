@@ -6,30 +6,36 @@ import json
 import queue
 import threading
 
+import pytest
 import redis
 
 from aggregator.drain import drain
 from moments_stream import keys, ledger
+from moments_stream.errors import ConfigError
 from moments_stream.ledger import Outcome
 
 RECORDED, DUPLICATE, STALE = Outcome.RECORDED, Outcome.DUPLICATE, Outcome.STALE
 
 
-def prediction(video: str, top1: str, fingerprint: str = "10:1") -> dict:
-    return {"video": video, "fingerprint": fingerprint, "top5": [[top1, 0.9], ["other", 0.1]], "model_id": "m"}
+MODEL = "v1-aaaaaaaaaaaa-11111111"
+OTHER_MODEL = "v1-bbbbbbbbbbbb-11111111"
+
+
+def prediction(video: str, top1: str, fingerprint: str = "10:1", model_id: str = MODEL) -> dict:
+    return {"video": video, "fingerprint": fingerprint, "top5": [[top1, 0.9], ["other", 0.1]], "model_id": model_id}
 
 
 def failure(video: str, fingerprint: str, error: str) -> dict:
-    return ledger.failure_record(video, fingerprint, error, worker="w1")
+    return ledger.failure_record(video, fingerprint, error, worker="w1", model_id=MODEL)
 
 
 def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Redis) -> None:
     redis_client.hset(keys.pending(), "a.mp4", "10:1")
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is RECORDED
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is DUPLICATE
-    assert ledger.counts(redis_client) == {"juggling": 1}
+    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
     assert ledger.pending_count(redis_client) == 0
-    assert json.loads(redis_client.hget(keys.predictions(), "a.mp4"))["top5"][0][0] == "juggling"
+    assert json.loads(redis_client.hget(keys.predictions(MODEL), "a.mp4"))["top5"][0][0] == "juggling"
 
 
 def test_replaced_file_moves_its_count(redis_client: redis.Redis) -> None:
@@ -38,14 +44,14 @@ def test_replaced_file_moves_its_count(redis_client: redis.Redis) -> None:
     redis_client.hset(keys.pending(), "a.mp4", "12:2")
     redis_client.hset(keys.seen(), "a.mp4", "12:2")
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "12:2")) is RECORDED
-    assert ledger.counts(redis_client) == {"juggling": 1, "running": 1}
+    assert ledger.counts(redis_client, MODEL) == {"juggling": 1, "running": 1}
     assert ledger.pending_count(redis_client) == 0
 
 
 def test_count_reaching_zero_leaves_the_table(redis_client: redis.Redis) -> None:
     ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1"))
     ledger.record_prediction(redis_client, prediction("a.mp4", "running", "2:2"))
-    assert ledger.counts(redis_client) == {"running": 1}
+    assert ledger.counts(redis_client, MODEL) == {"running": 1}
 
 
 def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) -> None:
@@ -56,7 +62,7 @@ def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) ->
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "2:2")) is RECORDED
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
     assert ledger.record_failure(redis_client, failure("a.mp4", "1:1", "old attempt")) is STALE
-    assert ledger.counts(redis_client) == {"running": 1}
+    assert ledger.counts(redis_client, MODEL) == {"running": 1}
     assert redis_client.hlen(keys.failed()) == 0
 
 
@@ -65,7 +71,7 @@ def test_stale_outcome_leaves_the_newer_version_pending(redis_client: redis.Redi
     redis_client.hset(keys.pending(), "a.mp4", "2:2")
     assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
     assert redis_client.hget(keys.pending(), "a.mp4") == b"2:2"
-    assert ledger.counts(redis_client) == {}
+    assert ledger.counts(redis_client, MODEL) == {}
 
 
 def test_failure_recorded_and_pending_cleared(redis_client: redis.Redis) -> None:
@@ -85,7 +91,42 @@ def test_success_after_failure_clears_the_failure(redis_client: redis.Redis) -> 
     ledger.record_failure(redis_client, failure("a.mp4", "10:1", "transient"))
     ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
     assert redis_client.hlen(keys.failed()) == 0
-    assert ledger.counts(redis_client) == {"juggling": 1}
+    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
+
+
+def test_each_model_counts_on_its_own(redis_client: redis.Redis) -> None:
+    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
+    ledger.record_prediction(redis_client, prediction("b.mp4", "juggling"))
+    # The same version classified again by other weights is that model's first result, not a duplicate.
+    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", model_id=OTHER_MODEL)) is RECORDED
+    assert ledger.counts(redis_client, MODEL) == {"juggling": 2}
+    assert ledger.counts(redis_client, OTHER_MODEL) == {"running": 1}
+    assert ledger.known_models(redis_client) == [OTHER_MODEL, MODEL]
+    assert ledger.resolve_model(redis_client, None) == OTHER_MODEL
+    assert ledger.resolve_model(redis_client, "v1-aaa") == MODEL
+
+
+def test_unknown_or_ambiguous_model_names_the_known_ones(redis_client: redis.Redis) -> None:
+    assert ledger.resolve_model(redis_client, None) is None  # nothing counted yet
+    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
+    ledger.record_prediction(redis_client, prediction("a.mp4", "running", model_id=OTHER_MODEL))
+    for requested, problem in (("v2", "is not a model"), ("v1-", "matches several")):
+        with pytest.raises(ConfigError) as raised:
+            ledger.resolve_model(redis_client, requested)
+        assert problem in raised.value.message and MODEL in raised.value.fix and OTHER_MODEL in raised.value.fix
+
+
+def test_finishes_are_stamped_with_redis_time_and_trimmed(redis_client: redis.Redis) -> None:
+    redis_client.zadd(keys.recent(), {"long-ago.mp4": 1.0})
+    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
+    ledger.record_failure(redis_client, failure("bad.mp4", "3:1", "cannot decode"))
+    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))  # duplicate: not a new finish
+    seconds, micros = redis_client.time()
+    stamps = dict(
+        (video.decode(), score) for video, score in redis_client.zrange(keys.recent(), 0, -1, withscores=True)
+    )
+    assert set(stamps) == {"a.mp4", "bad.mp4"}
+    assert all(abs(seconds + micros / 1e6 - stamp) < 5 for stamp in stamps.values())
 
 
 class DroppingQueue:
@@ -110,7 +151,7 @@ def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: r
     report = drain(redis_client, lost, idle_exit_s=0.5, poll_s=0.1, recover_after_s=0)
 
     assert (report.recovered, report.counted, report.failed) == (2, 1, 1)
-    assert ledger.counts(redis_client) == {"juggling": 1}
+    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
     assert ledger.pending_count(redis_client) == 0
     assert redis_client.hlen(keys.outbox()) == 0
 

@@ -1,0 +1,70 @@
+"""One row per video, streamed from Redis (HSCAN) so that a million predictions never sit in memory.
+
+Rows are flat (top1..top5 with their probabilities as columns) so that CSV and JSON lines carry the
+same fields; their order is Redis' scan order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import redis
+
+from moments_stream import keys
+from moments_stream.settings import DEFAULT_TOP_K
+
+FORMATS = ("jsonl", "csv")
+SCAN_BATCH = 500
+
+COLUMNS = (
+    ["video", "outcome"]
+    + [field for rank in range(1, DEFAULT_TOP_K + 1) for field in (f"top{rank}", f"top{rank}_probability")]
+    + ["model_id", "synthetic_weights", "worker", "fingerprint", "frame_count"]
+    + ["download_ms", "decode_ms", "infer_ms", "total_ms", "error"]
+)
+
+
+def export_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A prediction or failure record (as the ledger stores it) as one flat row of ``COLUMNS``."""
+    row: dict[str, Any] = {column: record.get(column) for column in COLUMNS}
+    row["outcome"] = record.get("outcome") or ("failed" if "error" in record else "counted")
+    for rank, (category, probability) in enumerate(record.get("top5") or [], start=1):
+        if rank > DEFAULT_TOP_K:
+            break
+        row[f"top{rank}"] = category
+        row[f"top{rank}_probability"] = probability
+    return row
+
+
+def _scan(client: redis.Redis, key: str) -> Iterator[dict[str, Any]]:
+    for _, raw in client.hscan_iter(key, count=SCAN_BATCH):
+        yield json.loads(raw)
+
+
+def export_rows(client: redis.Redis, model_id: str | None, include_failed: bool = False) -> Iterator[dict[str, Any]]:
+    """The model's predictions, then (if asked) the failed videos, one row at a time."""
+    if model_id is not None:
+        yield from map(export_row, _scan(client, keys.predictions(model_id)))
+    if include_failed:
+        yield from map(export_row, _scan(client, keys.failed()))
+
+
+def write_rows(rows: Iterator[dict[str, Any]], out: TextIO, output_format: str) -> int:
+    """Write ``rows`` as JSON lines or CSV (with a header); returns how many were written."""
+    if output_format not in FORMATS:
+        raise ValueError(f"unknown export format {output_format!r}; expected one of {FORMATS}")
+    written = 0
+    if output_format == "csv":
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            written += 1
+        return written
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written += 1
+    return written

@@ -1,0 +1,163 @@
+"""Where a run stands, read from Redis in one snapshot: every number is one ``redis-cli`` command.
+
+``aggregator status`` prints it; ``--json`` gives scripts the same document. The README's
+"Watching a run" section lists the ``redis-cli`` equivalent of each field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq import Worker
+from rq.executions import Execution
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from moments_stream import keys, ledger
+from moments_stream.queues import video_queue
+from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
+
+
+def redis_now(client: redis.Redis) -> float:
+    """Redis' clock, the one the ledger stamps finishes with (consumers' clocks may differ)."""
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1_000_000
+
+
+def eta_seconds(pending: int, finished_in_window: int, window_s: float) -> float | None:
+    """Time to finish ``pending`` at the recent rate; ``None`` while nothing has finished lately."""
+    if pending == 0:
+        return 0.0
+    if finished_in_window == 0:
+        return None
+    return pending / (finished_in_window / window_s)
+
+
+def _age_s(timestamp: str | None, now: float) -> float | None:
+    if not timestamp:
+        return None
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return round(max(0.0, now - moment.timestamp()), 1)
+
+
+def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[str, str]:
+    """worker name -> video it is classifying, from rq's started-job registry and executions."""
+    by_worker = {}
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+        try:
+            execution = Execution.fetch(execution_id, job_id, client)
+        except ValueError:
+            continue
+        job = registry.job_class.fetch_many([job_id], connection=client)[0]
+        if job is not None and job.args and execution.worker_name:
+            by_worker[execution.worker_name] = job.args[0]
+    return by_worker
+
+
+def workers(client: redis.Redis, queue_name: str, now: float) -> list[dict[str, Any]]:
+    """The consumers registered on the queue whose rq worker key (their lease) is still alive."""
+    names = sorted(member.decode() for member in client.smembers(WORKERS_BY_QUEUE_KEY % queue_name))
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hmget(name, "state", "last_heartbeat")
+        fields = pipe.execute()
+    registry = StartedJobRegistry(queue_name, connection=client)
+    videos = in_flight_videos(client, registry)
+    alive = []
+    for key, (state, heartbeat) in zip(names, fields, strict=True):
+        if state is None and heartbeat is None:
+            continue  # lease expired: the worker is dead and rq has not pruned it yet
+        name = key.removeprefix(Worker.redis_worker_namespace_prefix)
+        heartbeat_text = heartbeat.decode() if heartbeat else None
+        alive.append(
+            {
+                "name": name,
+                "state": state.decode() if state else None,
+                "last_heartbeat": heartbeat_text,
+                "heartbeat_age_s": _age_s(heartbeat_text, now),
+                "video": videos.get(name),
+            }
+        )
+    return alive
+
+
+def status_document(client: redis.Redis, settings: Settings, model_id: str | None = None) -> dict[str, Any]:
+    """Every state's size, the live workers, throughput and ETA, read in one MULTI snapshot."""
+    model = ledger.resolve_model(client, model_id)
+    queue = video_queue(client, settings)
+    now = redis_now(client)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hlen(keys.pending())
+        pipe.llen(queue.key)
+        pipe.zcard(StartedJobRegistry(queue.name, connection=client).key)
+        pipe.zcard(ScheduledJobRegistry(queue.name, connection=client).key)
+        pipe.hlen(keys.outbox())
+        pipe.hlen(keys.failed())
+        pipe.zcount(keys.recent(), now - THROUGHPUT_WINDOW_S, "+inf")
+        models = ledger.known_models(client)
+        for known in models:
+            pipe.hlen(keys.predictions(known))
+        pending, queued, in_flight, retry_scheduled, outbox, failed, finished, *counted = pipe.execute()
+    counted_by_model = dict(zip(models, counted, strict=True))
+    live = workers(client, queue.name, now)
+    eta = eta_seconds(pending, finished, THROUGHPUT_WINDOW_S)
+    return {
+        "model": model,
+        "counted": counted_by_model.get(model, 0) if model else 0,
+        "failed": failed,
+        "pending": pending,
+        "queued": queued,
+        "in_flight": in_flight,
+        "retry_scheduled": retry_scheduled,
+        "awaiting_aggregator": outbox,
+        "finished_last_minute": finished,
+        "throughput_per_s": round(finished / THROUGHPUT_WINDOW_S, 3),
+        "eta_s": None if eta is None else round(eta, 1),
+        "workers_alive": len(live),
+        "workers": live,
+        "counted_by_model": counted_by_model,
+        "redis_time": round(now, 3),
+    }
+
+
+def model_label(model_id: str | None) -> str:
+    if model_id is None:
+        return "(nothing counted yet)"
+    if model_id.startswith(SYNTHETIC_MODEL_PREFIX):
+        return f"{model_id}  (random test weights: these are NOT real predictions)"
+    return model_id
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown (nothing finished in the last minute)"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_status(document: dict[str, Any]) -> str:
+    lines = [
+        f"model        {model_label(document['model'])}",
+        f"counted      {document['counted']}",
+        f"failed       {document['failed']}",
+        f"pending      {document['pending']}  (queued {document['queued']}, in flight {document['in_flight']}, "
+        f"retry scheduled {document['retry_scheduled']}, awaiting aggregator {document['awaiting_aggregator']})",
+        f"throughput   {document['finished_last_minute']} videos in the last {THROUGHPUT_WINDOW_S} s "
+        f"({document['throughput_per_s']:.2f}/s)",
+        f"ETA          {_duration(document['eta_s'])}",
+        f"workers      {document['workers_alive']} alive",
+    ]
+    for worker in document["workers"]:
+        age = worker["heartbeat_age_s"]
+        seen = "never" if age is None else f"{age:.0f} s ago"
+        doing = worker["video"] or "-"
+        lines.append(f"  {worker['name']}  {worker['state'] or '?'}  heartbeat {seen}  video {doing}")
+    others = {model: n for model, n in document["counted_by_model"].items() if model != document["model"]}
+    for model, counted in others.items():
+        lines.append(f"other model  {model}: counted {counted} (aggregator counts --model ID)")
+    return "\n".join(lines)

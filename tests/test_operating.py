@@ -1,0 +1,154 @@
+"""Operating a run as users do, through the CLIs: status, export, counts per model, producer watch.
+
+Every figure a view prints is checked against Redis itself, read with the raw key names the README
+gives for redis-cli.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from lithops.constants import LITHOPS_TEMP_DIR
+
+from consumer.model import make_synthetic_checkpoint
+from tests.pipeline import (
+    client_for,
+    counts_of,
+    current_model,
+    direct_top1,
+    make_clips,
+    pipeline_environment,
+    run,
+    start,
+    wait_until,
+)
+from tests.redis_server import running_redis
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture()
+def env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
+    with running_redis(tmp_path / "redis") as url:
+        env = pipeline_environment(url, checkpoint_v1, categories_v1, tmp_path / "data")
+        yield env
+    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
+
+
+def json_of(env: dict[str, str], *command: str) -> dict:
+    done = run(env, *command)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    clips = make_clips(folder, range(30, 34))
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(3000))
+    expected_a = direct_top1(env, clips)
+    done = run(env, "moments-stream", "run", str(folder))
+    assert done.returncode == 0, done.stderr
+    client = client_for(env)
+    model_a = current_model(client)
+    assert model_a.startswith("synthetic-v1-")
+
+    # status: each figure equals its redis-cli command.
+    status = json_of(env, "aggregator", "status", "--json")
+    assert status["model"] == model_a
+    assert status["counted"] == client.hlen(f"moments:predictions:{model_a}") == 4
+    assert status["failed"] == client.hlen("moments:failed") == 1
+    assert status["pending"] == client.hlen("moments:pending") == 0
+    assert status["queued"] == client.llen("rq:queue:moments-videos") == 0
+    assert status["in_flight"] == client.zcard("rq:wip:moments-videos") == 0
+    assert status["finished_last_minute"] == client.zcount("moments:recent", status["redis_time"] - 60, "+inf") == 5
+    assert status["eta_s"] == 0.0
+    text = run(env, "aggregator", "status").stdout
+    assert "counted      4" in text and "NOT real predictions" in text
+
+    # export: one row per prediction, equal to the stored records.
+    stored = {
+        video.decode(): json.loads(raw) for video, raw in client.hgetall(f"moments:predictions:{model_a}").items()
+    }
+    exported = run(env, "aggregator", "export", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert {row["video"]: row["top1"] for row in rows} == {v: r["top5"][0][0] for v, r in stored.items()}
+    for row in rows:
+        record = stored[row["video"]]
+        assert [[row[f"top{k}"], row[f"top{k}_probability"]] for k in range(1, 6)] == record["top5"]
+        assert (row["worker"], row["total_ms"], row["model_id"]) == (record["worker"], record["total_ms"], model_a)
+    out = tmp_path / "export.csv"
+    assert run(env, "aggregator", "export", "--format", "csv", "--include-failed", "--out", str(out)).returncode == 0
+    with out.open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 5 and not (tmp_path / "export.csv.partial").exists()
+    assert [row["video"] for row in table if row["outcome"] == "failed"] == ["videos/corrupt.mp4"]
+
+    # A second model re-classifies the same videos: its counts go to its own hash.
+    weights_b = tmp_path / "b.pth.tar"
+    torch.save(make_synthetic_checkpoint(339, seed=7), weights_b)
+    env_b = dict(env, MOMENTS_WEIGHTS=str(weights_b))
+    expected_b = direct_top1(env_b, clips)
+    assert expected_b != expected_a, "the second checkpoint should disagree with the first somewhere"
+    reclassify = run(env_b, "producer", "enqueue", "videos/", "--reclassify")
+    assert reclassify.stdout.strip() == "enqueued 5, skipped 0", reclassify.stderr
+    again = run(env_b, "moments-stream", "run", str(folder))
+    assert again.returncode == 0, again.stderr
+    model_b = current_model(client)
+    assert model_b != model_a
+    assert counts_of(client, model_b) == collections.Counter(expected_b.values())
+    assert counts_of(client, model_a) == collections.Counter(expected_a.values())
+    assert json_of(env, "aggregator", "counts", "--json")["counts"] == counts_of(client, model_b)
+    by_prefix = json_of(env, "aggregator", "counts", "--json", "--model", model_a[:24])
+    assert (by_prefix["model"], by_prefix["counts"]) == (model_a, counts_of(client, model_a))
+    assert json_of(env, "aggregator", "status", "--json")["counted_by_model"] == {model_a: 4, model_b: 4}
+    unknown = run(env, "aggregator", "counts", "--model", "v2-nope")
+    assert unknown.returncode == 2 and model_a in unknown.stderr and model_b in unknown.stderr
+
+
+def test_status_shows_live_workers_and_their_heartbeat(env: dict[str, str]) -> None:
+    client = client_for(env)
+    consumers = start(env, "consumer", "start", "--workers", "1", "--idle-exit", "120")
+    try:
+        wait_until(lambda: json_of(env, "aggregator", "status", "--json")["workers_alive"] == 1, 120, "a live worker")
+        status = json_of(env, "aggregator", "status", "--json")
+        registered = {member.decode() for member in client.smembers("rq:workers:moments-videos")}
+        assert {f"rq:worker:{worker['name']}" for worker in status["workers"]} == registered
+        (worker,) = status["workers"]
+        assert worker["heartbeat_age_s"] < 30 and worker["video"] is None
+        assert worker["last_heartbeat"] == client.hget(f"rq:worker:{worker['name']}", "last_heartbeat").decode()
+    finally:
+        run(env, "consumer", "stop")
+        consumers.communicate(timeout=120)
+    assert json_of(env, "aggregator", "status", "--json")["workers_alive"] == 0
+
+
+def test_producer_watch_enqueues_a_later_upload_once(env: dict[str, str], tmp_path: Path) -> None:
+    first, later = tmp_path / "first", tmp_path / "later"
+    make_clips(first, range(40, 41))
+    make_clips(later, range(41, 42))
+    assert run(env, "producer", "upload", str(first), "in/").returncode == 0
+    client = client_for(env)
+    watch = start(env, "producer", "watch", "in/", "--interval", "0.3")
+    try:
+        wait_until(lambda: client.hlen("moments:pending") == 1, 60, "the first pass")
+        assert run(env, "producer", "upload", str(later), "in/").returncode == 0
+        wait_until(lambda: client.hlen("moments:pending") == 2, 60, "the later upload to be enqueued")
+        time.sleep(1.5)  # several more passes over the same two files
+        assert client.llen("rq:queue:moments-videos") == 2
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    assert out.strip() == "enqueued 2 while watching"
+    assert {key.decode() for key in client.hkeys("moments:seen")} == {"in/clip40.mp4", "in/clip41.mp4"}

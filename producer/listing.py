@@ -59,11 +59,28 @@ def iter_localhost(bucket: str, prefix: str) -> Iterator[StoredObject]:
             yield StoredObject(key=key, size=stat.st_size, version=str(stat.st_mtime_ns))
 
 
+def _from_listing(item: dict) -> StoredObject:
+    """An S3-style listing entry (``Key``, ``Size``, ``ETag``) as a :class:`StoredObject`."""
+    return StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))
+
+
 def iter_paginated(client: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
     paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            yield StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            yield from map(_from_listing, page.get("Contents", []))
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            fix = "create it, or set --bucket/MOMENTS_BUCKET to an existing one"
+            raise ConfigError(f"bucket {bucket!r} does not exist in object storage", fix=fix) from None
+        fix = "check the storage credentials and permissions in the Lithops config"
+        raise ConfigError(f"cannot list bucket {bucket!r}: {code or error}", fix=fix) from None
+    except EndpointConnectionError as error:
+        fix = "check the storage endpoint in the Lithops config (aws_s3: AWS_ENDPOINT_URL_S3)"
+        raise ConfigError(f"cannot reach object storage: {error}", fix=fix) from None
 
 
 def iter_objects(storage: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
@@ -76,5 +93,4 @@ def iter_objects(storage: object, bucket: str, prefix: str) -> Iterator[StoredOb
     if hasattr(client, "get_paginator"):
         yield from iter_paginated(client, bucket, prefix)
         return
-    for item in storage.list_objects(bucket, prefix=prefix):  # type: ignore[attr-defined]
-        yield StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))
+    yield from map(_from_listing, storage.list_objects(bucket, prefix=prefix))  # type: ignore[attr-defined]

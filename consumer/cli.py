@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -13,9 +14,10 @@ import torch
 from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.errors import MomentsError
 from moments_stream.logs import stream_is_tty
-from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_WORKERS, MODEL_RELEASES
+from moments_stream.settings import DEFAULT_WORKERS, MODEL_RELEASES
 
-from .classify import Prediction, load_classifier
+from . import assets
+from .classify import Prediction, load_classifier, resolve_model_files
 from .model import make_synthetic_checkpoint
 
 SYNTHETIC_BANNER = "WARNING: synthetic random test weights - these are NOT real action predictions"
@@ -55,6 +57,23 @@ def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(make_synthetic_checkpoint(classes, seed=args.seed), out)
     print(f"wrote synthetic {classes}-class checkpoint to {out} ({SYNTHETIC_BANNER})", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    """Download (or find) the weights and categories in the cache and record their SHA-256 there."""
+    settings = settings_from_args(args)
+    if args.cache_dir:
+        settings = dataclasses.replace(settings, cache_dir=Path(args.cache_dir))
+    digests = {
+        path: assets.sha256_of(path) for path in resolve_model_files(settings, progress=stream_is_tty(sys.stderr))
+    }
+    cached = [f"{digest}  {path.relative_to(settings.cache_dir)}" for path, digest in digests.items()
+              if path.is_relative_to(settings.cache_dir)]  # fmt: skip
+    if cached:  # `sha256sum -c SHA256SUMS` in the cache directory re-checks them (runtime images do)
+        (settings.cache_dir / "SHA256SUMS").write_text("\n".join(cached) + "\n")
+    for path, digest in digests.items():
+        print(f"{digest}  {path}")
     return 0
 
 
@@ -126,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--classes", type=int, help="class count (default: the release's)")
     checkpoint.add_argument("--seed", type=int, default=0)
 
+    fetch = add_command(sub, cmd_fetch_model, "fetch-model", model=True,
+                        help="download the weights and categories into the cache; print their SHA-256")  # fmt: skip
+    fetch.add_argument("--cache-dir", help="cache to fill (default MOMENTS_CACHE_DIR); runtime images bake it")
+
     start = add_command(sub, cmd_start, "start", help="run N long-running consumer functions on Lithops",
                         model=True, redis=True)  # fmt: skip
     start.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="functions to keep running")
@@ -133,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--function-timeout",
         type=int,
-        default=DEFAULT_FUNCTION_TIMEOUT_S,
         metavar="S",
-        help="the backend's time limit per function; consumers exit before it and are relaunched",
+        help="time limit per function (default: the backend's runtime_timeout; 3600 on localhost); "
+        "consumers exit before it and are relaunched",
     )
 
     add_command(sub, cmd_stop, "stop", help="tell every running consumer to finish its current video and exit",

@@ -10,13 +10,13 @@ import lithops
 from lithops.wait import ANY_COMPLETED
 
 from moments_stream import keys, ledger
-from moments_stream.lithops_env import lithops_config
+from moments_stream.lithops_env import backend_time_limit_s, lithops_config
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
-from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_STOP_MARGIN_S, Settings
+from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
 from .classify import resolve_model_files
-from .worker import run_consumer
+from .worker import EXIT_SLACK_S, run_consumer
 
 log = get_logger(__name__)
 
@@ -42,23 +42,46 @@ def request_stop(settings: Settings) -> int:
     return len(workers)
 
 
+def consumer_runtime_s(function_timeout_s: int, stop_margin_s: int) -> int:
+    """How long a consumer takes new videos: its function's time limit less a margin for the video
+    in hand (at most a quarter of the limit, so short limits still get work done), and never past
+    the point where its last video is cut short (``EXIT_SLACK_S`` before the limit)."""
+    return function_timeout_s - max(EXIT_SLACK_S, min(stop_margin_s, function_timeout_s // 4))
+
+
+def function_time_limit_s(config: dict, requested_s: int | None) -> int:
+    """The time limit consumers plan for: ``--function-timeout`` if given, capped at the backend's
+    own limit (a function past it is killed, not stopped); else the backend's limit."""
+    backend_limit = backend_time_limit_s(config)
+    if requested_s is None:
+        return backend_limit or DEFAULT_FUNCTION_TIMEOUT_S
+    if backend_limit is not None and requested_s > backend_limit:
+        log.warning("function_timeout_capped", requested_s=requested_s, backend_limit_s=backend_limit,
+                    fix="raise runtime_timeout in the backend's Lithops config section")  # fmt: skip
+        return backend_limit
+    return requested_s
+
+
 def run_consumers(
     settings: Settings,
     workers: int,
     idle_exit_s: int | None = None,
-    function_timeout_s: int = DEFAULT_FUNCTION_TIMEOUT_S,
+    function_timeout_s: int | None = None,
     stop_event: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``workers`` consumer functions until stopped, idle or out of work; relaunch those that
     reach their time limit (or die) while videos are still pending."""
     client = connect(settings.redis_url)
     client.delete(keys.stop_consumers())
-    config = lithops_config(settings, workers=workers, execution_timeout=function_timeout_s)
+    config = lithops_config(settings, workers=workers)
+    function_timeout_s = function_time_limit_s(config, function_timeout_s)
+    config["lithops"]["execution_timeout"] = function_timeout_s
     if config["lithops"]["backend"] == "localhost":
         settings = with_local_assets(settings)
-    max_runtime_s = max(30, function_timeout_s - min(DEFAULT_STOP_MARGIN_S, function_timeout_s // 4))
+    max_runtime_s = consumer_runtime_s(function_timeout_s, settings.stop_margin_s)
     executor = lithops.FunctionExecutor(config=config)
-    call = {"settings": settings, "max_runtime_s": max_runtime_s, "idle_exit_s": idle_exit_s}
+    call = {"settings": settings, "max_runtime_s": max_runtime_s, "function_timeout_s": function_timeout_s,
+            "idle_exit_s": idle_exit_s}  # fmt: skip
 
     def launch(count: int) -> list[Any]:
         return [executor.call_async(run_consumer, call) for _ in range(count)]

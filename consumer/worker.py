@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 from rq.scheduler import RQScheduler
-from rq.timeouts import TimerDeathPenalty
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
 from moments_stream import keys
 from moments_stream.lithops_env import results_queue
@@ -20,7 +21,7 @@ from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import configure_logging, get_logger
 from moments_stream.queues import video_queue
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, connect
-from moments_stream.settings import Settings
+from moments_stream.settings import Settings, cache_dir_from
 
 from .classify import load_classifier
 from .jobs import WorkerContext, bind_context
@@ -30,6 +31,9 @@ log = get_logger(__name__)
 
 # How often an idle worker looks at the stop flag and its deadline.
 POLL_S = 2
+# Kept free at the end of a function's time limit: its start-up before the deadline clock starts
+# (imports) and, at the end, publishing the last outcome and leaving rq cleanly.
+EXIT_SLACK_S = 15
 
 
 class ConsumerWorker(SimpleWorker):
@@ -38,9 +42,11 @@ class ConsumerWorker(SimpleWorker):
     # Lithops may run the function off the main thread, where SIGALRM cannot be used.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, deadline: float, lease_s: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: float, hard_deadline: float, lease_s: int, **kwargs: Any) -> None:
         super().__init__(*args, maintenance_interval=lease_s, **kwargs)
         self.deadline = deadline
+        self.hard_deadline = hard_deadline
+        self.death_penalty_class = self._time_boxed_penalty  # type: ignore[assignment]
         self.lease_s = lease_s
         self.death_registered = False
         # rq schedules retries with an interval (RETRY_INTERVALS_S) and moves them back to the queue
@@ -50,6 +56,13 @@ class ConsumerWorker(SimpleWorker):
                                            logging_level="WARNING")  # fmt: skip
         self.exit_reason = "idle"
         self.jobs_run = 0
+
+    def _time_boxed_penalty(self, timeout: int, exception: type = JobTimeoutException, **kwargs: Any) -> Any:
+        """rq's job timer, cut short where the function's own time limit comes first: the video is
+        then retried by another consumer instead of the backend killing this one mid-video."""
+        seconds_left = max(1, int(self.hard_deadline - time.monotonic()))
+        bounded = seconds_left if timeout is None or timeout < 0 else min(timeout, seconds_left)
+        return TimerDeathPenalty(bounded, exception, **kwargs)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -137,10 +150,19 @@ def connect_with_backoff(url: str, attempts: int = 8) -> redis.Redis:
     raise AssertionError("unreachable")
 
 
-def run_consumer(settings: Settings, max_runtime_s: float, idle_exit_s: int | None = None) -> dict[str, Any]:
-    """The Lithops function body. Returns a summary of what this worker did and why it stopped."""
+def run_consumer(
+    settings: Settings, max_runtime_s: float, function_timeout_s: float, idle_exit_s: int | None = None
+) -> dict[str, Any]:
+    """The Lithops function body. Returns a summary of what this worker did and why it stopped.
+
+    It takes videos for ``max_runtime_s`` and never runs one past ``function_timeout_s`` (less a
+    few seconds to publish and exit), so it ends before its backend's limit would kill it.
+    """
     configure_logging()
     started = time.monotonic()
+    # The download cache is the function's own: a runtime image bakes the weights into it
+    # (MOMENTS_CACHE_DIR in runtime/), where the launcher's machine may keep them elsewhere.
+    settings = dataclasses.replace(settings, cache_dir=cache_dir_from(os.environ))
     worker_id = f"moments-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = connect_with_backoff(settings.redis_url)
     classifier = load_classifier(settings, progress=False)
@@ -154,6 +176,7 @@ def run_consumer(settings: Settings, max_runtime_s: float, idle_exit_s: int | No
         connection=client,
         name=worker_id,
         deadline=started + max_runtime_s,
+        hard_deadline=started + function_timeout_s - EXIT_SLACK_S,
         lease_s=settings.consumer_lease_s,
     )
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id,

@@ -26,7 +26,7 @@ from .cli_common import add_command, run_cli, settings_from_args
 from .lithops_env import results_queue
 from .logs import get_logger, stream_is_tty
 from .redis_conn import ensure_redis
-from .settings import DEFAULT_FUNCTION_TIMEOUT_S, DEFAULT_WORKERS
+from .settings import DEFAULT_WORKERS
 
 log = get_logger(__name__)
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prefix", default="videos/", help="storage prefix to upload under (default videos/)")
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="consumer functions (default 1)")
     run.add_argument("--idle-exit", type=int, default=30, metavar="S", help="consumers exit after S idle seconds")
-    run.add_argument("--function-timeout", type=int, default=DEFAULT_FUNCTION_TIMEOUT_S, metavar="S")
+    run.add_argument("--function-timeout", type=int, metavar="S", help="time limit per function (default 3600)")
     return parser
 
 

@@ -10,6 +10,7 @@ the pipeline can never talk to two different servers.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import sys
@@ -44,6 +45,22 @@ def lithops_config(settings: Settings, workers: int | None = None, execution_tim
             localhost["worker_processes"] = max(workers, int(localhost.get("worker_processes", 1)))
     config["redis"] = lithops_redis_section(settings.redis_url)
     return config
+
+
+def backend_time_limit_s(config: dict) -> int | None:
+    """How long the configured backend lets one function run: its ``runtime_timeout`` from the
+    user's config, else Lithops' own default for that backend (Lambda: 180 s unless raised, at
+    most 900 s); ``None`` for backends without one (localhost, VMs)."""
+    backend = config.get("lithops", {}).get("backend", "localhost")
+    configured = config.get(backend, {}).get("runtime_timeout")
+    if configured is not None:
+        return int(configured)
+    try:
+        defaults = importlib.import_module(f"lithops.serverless.backends.{backend}.config").DEFAULT_CONFIG_KEYS
+    except (ImportError, AttributeError):
+        return None
+    timeout = defaults.get("runtime_timeout")
+    return None if timeout is None else int(timeout)
 
 
 def storage(settings: Settings) -> lithops.Storage:

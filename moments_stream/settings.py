@@ -64,6 +64,9 @@ DEFAULT_WORKERS = 1
 # stop taking new videos this long before their backend's limit.
 DEFAULT_FUNCTION_TIMEOUT_S = 3600
 DEFAULT_STOP_MARGIN_S = 120
+# Runtime images (runtime/) bake the weights and categories into this download cache, so cloud
+# functions find them instead of downloading 194 MB at every cold start.
+RUNTIME_CACHE_DIR = "/opt/moments-stream/cache"
 DEFAULT_JOB_TIMEOUT_S = 600
 DEFAULT_JOB_RETRIES = 2
 # Predictions wait on the lithops Queue for the aggregator; its keys expire this long after
@@ -85,7 +88,10 @@ RECENT_WINDOW_S = 600
 THROUGHPUT_WINDOW_S = 60
 
 
-def _default_cache_dir(env: Mapping[str, str]) -> Path:
+def cache_dir_from(env: Mapping[str, str]) -> Path:
+    """``MOMENTS_CACHE_DIR``, else ``$XDG_CACHE_HOME/moments-stream`` or ``~/.cache/moments-stream``."""
+    if env.get("MOMENTS_CACHE_DIR"):
+        return Path(env["MOMENTS_CACHE_DIR"])
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "moments-stream"
 
@@ -113,7 +119,7 @@ class Settings:
     weights: str | None = None
     categories: str | None = None
     weights_sha256: str | None = None
-    cache_dir: Path = dataclasses.field(default_factory=lambda: _default_cache_dir(os.environ))
+    cache_dir: Path = dataclasses.field(default_factory=lambda: cache_dir_from(os.environ))
     data_dir: Path = dataclasses.field(default_factory=lambda: _default_data_dir(os.environ))
     num_frames: int = DEFAULT_NUM_FRAMES
     precision: str = DEFAULT_PRECISION
@@ -130,6 +136,7 @@ class Settings:
     consumer_lease_s: int = DEFAULT_CONSUMER_LEASE_S
     recover_after_s: int = DEFAULT_RECOVER_AFTER_S
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
+    stop_margin_s: int = DEFAULT_STOP_MARGIN_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,7 +146,7 @@ class Settings:
             weights=env.get("MOMENTS_WEIGHTS") or None,
             categories=env.get("MOMENTS_CATEGORIES") or None,
             weights_sha256=env.get("MOMENTS_WEIGHTS_SHA256") or None,
-            cache_dir=Path(env["MOMENTS_CACHE_DIR"]) if env.get("MOMENTS_CACHE_DIR") else _default_cache_dir(env),
+            cache_dir=cache_dir_from(env),
             data_dir=Path(env["MOMENTS_DATA_DIR"]) if env.get("MOMENTS_DATA_DIR") else _default_data_dir(env),
             num_frames=_int(env, "MOMENTS_NUM_FRAMES", DEFAULT_NUM_FRAMES),
             precision=env.get("MOMENTS_PRECISION", DEFAULT_PRECISION),
@@ -156,6 +163,7 @@ class Settings:
             consumer_lease_s=_int(env, "MOMENTS_CONSUMER_LEASE", DEFAULT_CONSUMER_LEASE_S),
             recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
             max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
+            stop_margin_s=_int(env, "MOMENTS_STOP_MARGIN", DEFAULT_STOP_MARGIN_S),
         )
         return settings.validated()
 

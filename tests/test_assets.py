@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +120,41 @@ def test_classifier_from_urls(http_root, tmp_path: Path, checkpoint_v1: Path, ca
 @pytest.mark.parametrize(("text", "expected"), [("a\nb\nc", ["a", "b", "c"]), ("a\r\nb\r\n\n", ["a", "b"])])
 def test_parse_categories(text: str, expected: list[str]) -> None:
     assert assets.parse_categories(text) == expected
+
+
+def test_fetch_model_bakes_a_cache_that_serves_offline(
+    http_root, tmp_path: Path, checkpoint_v1: Path, categories_v1: Path
+) -> None:
+    """What runtime/Dockerfile does at build time, then what a cloud function does at start."""
+    base, root, requests = http_root
+    (root / "w.pth.tar").write_bytes(checkpoint_v1.read_bytes())
+    (root / "categories.txt").write_bytes(categories_v1.read_bytes())
+    urls = {"MOMENTS_WEIGHTS": f"{base}/w.pth.tar", "MOMENTS_CATEGORIES": f"{base}/categories.txt"}
+    baked = tmp_path / "opt-cache"
+    env = {**os.environ, **urls, "MOMENTS_CACHE_DIR": str(baked)}
+    done = subprocess.run([str(Path(sys.executable).parent / "consumer"), "fetch-model"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = dict(reversed(line.split("  ", 1)) for line in done.stdout.splitlines())
+    weights = assets.cache_path_for(urls["MOMENTS_WEIGHTS"], baked)
+    assert printed[str(weights)] == assets.sha256_of(checkpoint_v1)
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=baked, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == 2, check.stdout + check.stderr
+
+    for served in root.iterdir():
+        served.unlink()  # the release server is gone: a function must not need it
+    before = len(requests)
+    classifier = load_classifier(Settings.from_env({**urls, "MOMENTS_CACHE_DIR": str(baked)}), progress=False)
+    assert len(classifier.categories) == 339 and len(requests) == before
+
+
+def test_fetch_model_refuses_a_file_with_another_checksum(http_root, tmp_path: Path, categories_v1: Path) -> None:
+    base, root, _ = http_root
+    (root / "w.pth.tar").write_bytes(b"not the weights")
+    (root / "categories.txt").write_bytes(categories_v1.read_bytes())
+    env = {**os.environ, "MOMENTS_WEIGHTS": f"{base}/w.pth.tar", "MOMENTS_CATEGORIES": f"{base}/categories.txt",
+           "MOMENTS_CACHE_DIR": str(tmp_path / "c"), "MOMENTS_WEIGHTS_SHA256": "0" * 64}  # fmt: skip
+    done = subprocess.run([str(Path(sys.executable).parent / "consumer"), "fetch-model"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "expected SHA-256" in done.stderr and "fix:" in done.stderr
+    assert not (tmp_path / "c" / "SHA256SUMS").exists()

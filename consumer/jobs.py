@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from lithops.storage.utils import StorageNoSuchKeyError
+from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
@@ -89,7 +90,10 @@ def classify_video(key: str, fingerprint: str) -> str:
     context = current_context()
     model_id = context.classifier.model_id
     started = time.perf_counter()
-    fields: dict[str, Any] = {"video": key, "worker": context.worker_id}
+    # A consumer may run several rq workers (decode threads); the job knows which one runs it.
+    job = get_current_job()
+    worker_id = job.worker_name if job is not None and job.worker_name else context.worker_id
+    fields: dict[str, Any] = {"video": key, "worker": worker_id}
     try:
         with tempfile.TemporaryDirectory(prefix="moments-") as directory:
             local = download(context, key, directory)
@@ -97,7 +101,7 @@ def classify_video(key: str, fingerprint: str) -> str:
             prediction = context.classifier.classify_file(local, name=key)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        failure = ledger.failure_record(key, fingerprint, error.message, context.worker_id, model_id)
+        failure = ledger.failure_record(key, fingerprint, error.message, worker_id, model_id)
         ledger.publish(context.client, context.results, failure)
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return "failed"

@@ -16,6 +16,7 @@ from moments_stream.redis_conn import connect
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
 from .classify import resolve_model_files
+from .resources import available_cpus, threads_per_worker
 from .worker import EXIT_SLACK_S, run_consumer
 
 log = get_logger(__name__)
@@ -62,6 +63,17 @@ def function_time_limit_s(config: dict, requested_s: int | None) -> int:
     return requested_s
 
 
+def with_threads_for(settings: Settings, workers: int, cpus: int) -> Settings:
+    """On one machine, ``workers`` consumers share its CPUs: give each its share of torch threads
+    (unless set) so that together they never run more threads than cores."""
+    if workers > cpus:
+        log.warning("more_consumers_than_cpus", workers=workers, cpus=cpus,
+                    meaning="models compete for cores; throughput drops", fix=f"--workers {cpus}")  # fmt: skip
+    if settings.threads is not None:
+        return settings
+    return dataclasses.replace(settings, threads=threads_per_worker(cpus, workers))
+
+
 def run_consumers(
     settings: Settings,
     workers: int,
@@ -78,6 +90,7 @@ def run_consumers(
     config["lithops"]["execution_timeout"] = function_timeout_s
     if config["lithops"]["backend"] == "localhost":
         settings = with_local_assets(settings)
+        settings = with_threads_for(settings, workers, available_cpus())
     max_runtime_s = consumer_runtime_s(function_timeout_s, settings.stop_margin_s)
     executor = lithops.FunctionExecutor(config=config)
     call = {"settings": settings, "max_runtime_s": max_runtime_s, "function_timeout_s": function_timeout_s,

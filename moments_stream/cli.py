@@ -19,6 +19,7 @@ from tqdm import tqdm
 from aggregator.cli import format_counts
 from aggregator.drain import drain
 from consumer.launcher import run_consumers, with_local_assets
+from consumer.resources import available_cpus, default_local_workers, total_memory_bytes
 from producer.cli import enqueue_prefix, normalise_prefix, upload
 
 from . import keys, ledger
@@ -26,7 +27,6 @@ from .cli_common import add_command, run_cli, settings_from_args
 from .lithops_env import results_queue
 from .logs import get_logger, stream_is_tty
 from .redis_conn import ensure_redis
-from .settings import DEFAULT_WORKERS
 
 log = get_logger(__name__)
 
@@ -40,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(upload(settings, Path(args.directory), prefix), file=sys.stderr)
     print(enqueue_prefix(settings, prefix), file=sys.stderr)
 
+    workers = args.workers or default_local_workers(available_cpus(), total_memory_bytes())
     stop_aggregator = threading.Event()
     results = results_queue(client, settings)
     aggregator = threading.Thread(
@@ -58,9 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def consume() -> None:
         try:
             summaries.extend(
-                run_consumers(
-                    settings, args.workers, idle_exit_s=args.idle_exit, function_timeout_s=args.function_timeout
-                )
+                run_consumers(settings, workers, idle_exit_s=args.idle_exit, function_timeout_s=args.function_timeout)
             )
         except BaseException as error:
             errors.append(error)
@@ -108,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("directory", help="local folder of videos (searched recursively)")
     run.add_argument("--prefix", default="videos/", help="storage prefix to upload under (default videos/)")
-    run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="consumer functions (default 1)")
+    run.add_argument("--workers", type=int, help="consumer functions (default: one per CPU, as memory allows)")
     run.add_argument("--idle-exit", type=int, default=30, metavar="S", help="consumers exit after S idle seconds")
     run.add_argument("--function-timeout", type=int, metavar="S", help="time limit per function (default 3600)")
     return parser

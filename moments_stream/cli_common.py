@@ -24,8 +24,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--categories", help="category list path or URL (env MOMENTS_CATEGORIES)")
     group.add_argument("--frames", type=int, dest="num_frames", help="frames sampled per video (default 16)")
     group.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 (CPU autocast), fp16 (GPU)")
-    group.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    group.add_argument("--device", help="cpu (default), cuda or auto")
+    group.add_argument("--threads", type=int, help="torch threads per model (default: the CPUs each consumer gets)")
+    group.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the model once per worker (env MOMENTS_COMPILE=1)")  # fmt: skip
+    group.add_argument("--device", help="auto (default: cuda when available, else cpu), cpu or cuda")
 
 
 def add_redis_options(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +56,8 @@ def add_command(
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "device", "redis_url", "bucket")
+    fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "compile", "device", "redis_url",
+              "bucket")  # fmt: skip
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
 
 

@@ -64,6 +64,10 @@ DEFAULT_WORKERS = 1
 # stop taking new videos this long before their backend's limit.
 DEFAULT_FUNCTION_TIMEOUT_S = 3600
 DEFAULT_STOP_MARGIN_S = 120
+# On a GPU, this many threads per consumer download and decode videos (each its own rq worker)
+# and their frames go through the model together. A CPU consumer classifies one video at a time:
+# decode and inference compete for the same cores, and separate processes do better.
+DEFAULT_GPU_DECODE_THREADS = 8
 # Runtime images (runtime/) bake the weights and categories into this download cache, so cloud
 # functions find them instead of downloading 194 MB at every cold start.
 RUNTIME_CACHE_DIR = "/opt/moments-stream/cache"
@@ -124,7 +128,9 @@ class Settings:
     num_frames: int = DEFAULT_NUM_FRAMES
     precision: str = DEFAULT_PRECISION
     threads: int | None = None
-    device: str = "cpu"
+    compile: bool = False
+    decode_threads: int | None = None
+    device: str = "auto"
     redis_url: str = DEFAULT_REDIS_URL
     embedded_redis: bool = True
     bucket: str = DEFAULT_BUCKET
@@ -151,7 +157,9 @@ class Settings:
             num_frames=_int(env, "MOMENTS_NUM_FRAMES", DEFAULT_NUM_FRAMES),
             precision=env.get("MOMENTS_PRECISION", DEFAULT_PRECISION),
             threads=_int(env, "MOMENTS_THREADS", 0) or None,
-            device=env.get("MOMENTS_DEVICE", "cpu"),
+            compile=env.get("MOMENTS_COMPILE", "0") not in ("0", "", "false", "no"),
+            decode_threads=_int(env, "MOMENTS_DECODE_THREADS", 0) or None,
+            device=env.get("MOMENTS_DEVICE", "auto"),
             redis_url=env.get("MOMENTS_REDIS_URL", DEFAULT_REDIS_URL),
             embedded_redis=env.get("MOMENTS_EMBEDDED_REDIS", "1") not in ("0", "false", "no"),
             bucket=env.get("MOMENTS_BUCKET", DEFAULT_BUCKET),

@@ -124,3 +124,20 @@ def test_consumer_stop_ends_running_consumers(pipeline_env: dict[str, str]) -> N
     out, err = consumers.communicate(timeout=60)
     assert consumers.returncode == 0, err
     assert json.loads(out.splitlines()[0])["reason"] == "stopped"
+
+
+def test_consumer_with_several_decode_threads_batches_videos_exactly(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The GPU layout (decode threads sharing one model, videos batched per forward pass), on the CPU."""
+    folder = tmp_path / "threads"
+    clips = make_clips(folder, range(80, 89))
+    expected = direct_top1(pipeline_env, clips)
+    env = dict(pipeline_env, MOMENTS_DECODE_THREADS="3")
+    done = run(env, "moments-stream", "run", str(folder), "--workers", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert counts(env) == collections.Counter(expected.values())
+    client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
+    records = [json.loads(raw) for raw in client.hvals(f"moments:predictions:{current_model(client)}")]
+    assert {Path(record["video"]).name: record["top5"][0][0] for record in records} == expected
+    assert len({record["worker"] for record in records}) > 1, "the videos were shared by the decode threads"

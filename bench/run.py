@@ -1,0 +1,296 @@
+"""moments-stream benchmark, run by hand. Everything is measured side by side in one run and
+reported as ratios, so the machine's speed cancels out:
+
+- model-only ceiling: the same consumer layout (processes x torch threads, precision, compile)
+  classifying pre-decoded tensors;
+- end-to-end: producer enqueue -> every video counted, through a real Redis, warm Lithops
+  localhost consumers and the aggregator, on the same clips;
+- seed-style baseline: what the original notebook does per call (model rebuilt, frames
+  extracted, fp32, torch's default threads);
+- latency from enqueue to counted on an idle pipeline (p50/p95);
+- producer enqueue rate for 100k keys in localhost storage, and Redis memory per video.
+
+    .venv/bin/python bench/run.py                       # fp32, 16 frames, 48 clips
+    .venv/bin/python bench/run.py --precision bf16 --compile
+
+The weights are synthetic (random, release format): speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+import torch  # noqa: E402
+from lithops.constants import LITHOPS_TEMP_DIR  # noqa: E402
+
+from consumer.classify import load_classifier  # noqa: E402
+from consumer.frames import read_frames  # noqa: E402
+from consumer.model import (  # noqa: E402
+    InferenceOptions,
+    build_model,
+    frame_probabilities,
+    load_checkpoint,
+    make_synthetic_checkpoint,
+    prepare_for_inference,
+    top_k,
+    video_probabilities,
+)
+from consumer.preprocess import resize_frame, to_model_input  # noqa: E402
+from consumer.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
+from moments_stream import keys  # noqa: E402
+from moments_stream.settings import Settings  # noqa: E402
+from producer.cli import enqueue_prefix  # noqa: E402
+from tests.media import synthetic_frames, write_h264  # noqa: E402
+from tests.redis_server import running_redis  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def make_clips(directory: Path, count: int, width: int = 340, height: int = 256) -> list[Path]:
+    """3 s, 30 fps H.264 clips at the size the issue measured (MiT clips are similar)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        write_h264(directory / f"clip{seed:03d}.mp4", synthetic_frames(90, height, width, seed))
+        for seed in range(count)
+    ]
+
+
+def settings_env(args: argparse.Namespace, weights: Path, categories: Path, threads: int) -> dict[str, str]:
+    return {
+        "MOMENTS_WEIGHTS": str(weights),
+        "MOMENTS_CATEGORIES": str(categories),
+        "MOMENTS_NUM_FRAMES": str(args.frames),
+        "MOMENTS_PRECISION": args.precision,
+        "MOMENTS_COMPILE": "1" if args.compile else "0",
+        "MOMENTS_THREADS": str(threads),
+    }
+
+
+# --- model-only ceiling ------------------------------------------------------------------------
+
+
+def _ceiling_worker(env: dict[str, str], clips: list[str], barrier, results) -> None:  # type: ignore[no-untyped-def]
+    classifier = load_classifier(Settings.from_env(env), progress=False)
+    batches = [
+        to_model_input(read_frames(clip, classifier.num_frames, keep=resize_frame).frames) for clip in clips
+    ]  # decoded before the clock starts
+    classifier.classify_frames(batches[0].permute(0, 2, 3, 1).mul(255).byte().numpy())  # warm
+    barrier.wait()
+    started = time.perf_counter()
+    for batch in batches:
+        probabilities = video_probabilities(frame_probabilities(classifier.model, batch, classifier.options))
+        top_k(probabilities, classifier.categories, 5)
+    results.put(time.perf_counter() - started)
+
+
+def model_ceiling(env: dict[str, str], clips: list[Path], workers: int) -> float:
+    """Videos/s of ``workers`` processes classifying pre-decoded clips in parallel."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    shares = [[str(clip) for clip in clips[index::workers]] for index in range(workers)]
+    processes = [context.Process(target=_ceiling_worker, args=(env, share, barrier, results)) for share in shares]
+    for process in processes:
+        process.start()
+    seconds = [results.get(timeout=1800) for _ in processes]
+    for process in processes:
+        process.join()
+    return len(clips) / max(seconds)
+
+
+# --- seed-style baseline -----------------------------------------------------------------------
+
+
+def seed_style(weights: Path, categories: list[str], clips: list[Path], num_frames: int) -> float:
+    """Videos/s of the original notebook's per-call work: load and build the model for every video,
+    extract full-size frames, fp32 without channels_last, torch's default threads."""
+    options = InferenceOptions(precision="fp32", device="cpu", channels_last=False)
+    started = time.perf_counter()
+    for clip in clips:
+        state, _ = load_checkpoint(weights)
+        model = prepare_for_inference(build_model(state, len(categories)), options)
+        frames = read_frames(str(clip), num_frames).frames
+        top_k(video_probabilities(frame_probabilities(model, to_model_input(frames), options)), categories, 5)
+    return len(clips) / (time.perf_counter() - started)
+
+
+# --- end-to-end --------------------------------------------------------------------------------
+
+
+def run_cli(env: dict[str, str], *command: str) -> str:
+    done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
+def redis_seconds(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
+def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], workers: int) -> dict:
+    """Throughput from enqueue to all counted on warm consumers, then idle-system latency of the
+    videos already uploaded under ``latency_prefixes`` (one each)."""
+    client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
+    run_cli(env, "producer", "upload", str(folder), "bench/")
+    aggregator = subprocess.Popen([str(BIN / "aggregator"), "run"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+    consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        status = lambda: json.loads(run_cli(env, "aggregator", "status", "--json"))  # noqa: E731
+        wait_for(lambda: status()["workers_alive"] == workers, 600, "warm consumers", interval_s=1)
+        time.sleep(2)  # every consumer idle in its poll loop
+        settings = Settings.from_env(env)
+        started = time.perf_counter()
+        report = enqueue_prefix(settings, "bench/")
+        wait_for(lambda: client.hlen(keys.pending()) == 0, 1800, "every video counted")
+        throughput = report.enqueued / (time.perf_counter() - started)
+
+        latencies = []
+        for prefix in latency_prefixes:
+            time.sleep(0.5)  # an idle pipeline: every consumer waiting
+            enqueued_at = redis_seconds(client)
+            enqueue_prefix(settings, prefix)
+            wait_for(lambda: client.hlen(keys.pending()) == 0, 300, "the latency video")
+            # The ledger stamps each recorded video in moments:recent with Redis' clock.
+            ((_, counted_at),) = client.zrange(keys.recent(), -1, -1, withscores=True)
+            latencies.append(counted_at - enqueued_at)
+        return {"throughput": throughput, "latencies": latencies}
+    finally:
+        run_cli(env, "consumer", "stop")
+        consumers.wait(timeout=300)
+        aggregator.terminate()
+        aggregator.wait(timeout=60)
+
+
+# --- producer at scale -------------------------------------------------------------------------
+
+
+def enqueue_at_scale(redis_url: str, count: int) -> dict[str, float]:
+    """Seconds to enqueue ``count`` new keys from localhost storage, and Redis bytes per key."""
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    root = Path(LITHOPS_TEMP_DIR, bucket, "many")
+    for shard in range(0, count, 1000):
+        directory = root / f"{shard // 1000:04d}"
+        directory.mkdir(parents=True)
+        for index in range(shard, min(shard + 1000, count)):
+            (directory / f"{index:07d}.mp4").write_bytes(b"")
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    before = int(client.info("memory")["used_memory"])
+    try:
+        settings = Settings.from_env({}).replace(redis_url=redis_url, bucket=bucket)
+        started = time.perf_counter()
+        report = enqueue_prefix(settings, "many/")
+        seconds = time.perf_counter() - started
+        per_video = (int(client.info("memory")["used_memory"]) - before) / report.enqueued
+        return {"keys": report.enqueued, "seconds": seconds, "bytes_per_video": per_video}
+    finally:
+        client.flushdb()
+        shutil.rmtree(Path(LITHOPS_TEMP_DIR, bucket), ignore_errors=True)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=48)
+    parser.add_argument("--baseline-videos", type=int, default=12)
+    parser.add_argument("--latency-videos", type=int, default=20)
+    parser.add_argument("--enqueue-keys", type=int, default=100_000)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--workers", type=int, help="consumer processes (default: as moments-stream run picks)")
+    args = parser.parse_args()
+
+    cpus = available_cpus()
+    workers = args.workers or default_local_workers(cpus, total_memory_bytes())
+    threads = threads_per_worker(cpus, workers)
+    work = Path(tempfile.mkdtemp(prefix="moments-bench-"))
+    try:
+        weights = work / "weights.pth.tar"
+        torch.save(make_synthetic_checkpoint(339, seed=0), weights)
+        categories = work / "categories.txt"
+        categories.write_text("\n".join(f"category{index}" for index in range(339)))
+        clips = make_clips(work / "clips", args.videos)
+        latency_clips = make_clips(work / "latency", args.latency_videos)
+        env_model = settings_env(args, weights, categories, threads)
+
+        print(f"clips ready in {work}; measuring...", file=sys.stderr)
+        ceiling = model_ceiling(env_model, clips, workers)
+        baseline = seed_style(weights, categories.read_text().split("\n"), clips[: args.baseline_videos], args.frames)
+        with running_redis(work / "redis") as url:
+            env = dict(os.environ, **env_model, MOMENTS_REDIS_URL=url, MOMENTS_EMBEDDED_REDIS="0",
+                       MOMENTS_BUCKET=f"bench-{uuid.uuid4().hex[:8]}", MOMENTS_DATA_DIR=str(work / "data"))  # fmt: skip
+            latency_prefixes = []
+            for index, clip in enumerate(latency_clips):
+                single = work / "latency-dirs" / f"{index:03d}"
+                single.mkdir(parents=True)
+                shutil.copy(clip, single / clip.name)
+                latency_prefixes.append(f"latency/{index:03d}/")
+                run_cli(env, "producer", "upload", str(single), latency_prefixes[-1])
+            e2e = end_to_end(env, work / "clips", latency_prefixes, workers)
+            client = redis.Redis.from_url(url)
+            model_id = client.zrevrange(keys.models(), 0, 0)[0].decode()
+            counted_bytes = client.memory_usage(keys.predictions(model_id)) / client.hlen(keys.predictions(model_id))
+            shutil.rmtree(Path(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
+            scale = enqueue_at_scale(url, args.enqueue_keys)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    latencies = sorted(e2e["latencies"])
+    p50 = statistics.median(latencies)
+    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    ratio_ceiling = e2e["throughput"] / ceiling
+    ratio_baseline = e2e["throughput"] / baseline
+    layout = f"{workers} consumer process(es) x {threads} torch thread(s)"
+    rate = scale["keys"] / scale["seconds"]
+    lines = [
+        f"moments-stream bench: {cpus} CPUs, torch {torch.__version__}, {args.precision}"
+        f"{' + torch.compile' if args.compile else ''}, channels_last, {args.frames} frames/video,",
+        f"  {args.videos} clips of 3 s 340x256 H.264, {layout}, synthetic weights",
+        f"model-only ceiling        {ceiling:7.2f} videos/s  (pre-decoded tensors, same layout/settings)",
+        f"end-to-end pipeline       {e2e['throughput']:7.2f} videos/s  (enqueue -> all counted, warm)",
+        f"seed-style baseline       {baseline:7.2f} videos/s  (model rebuilt per video, fp32)",
+        f"end-to-end / ceiling      {ratio_ceiling:7.2f}   (target >= 0.9)",
+        f"end-to-end / baseline     {ratio_baseline:7.2f}   (target >= 4)",
+        f"latency enqueue->counted  p50 {p50:.2f} s, p95 {p95:.2f} s  ({len(latencies)} videos, one at a time)",
+        f"enqueue {scale['keys']:,} keys     {scale['seconds']:7.2f} s  ({rate:,.0f} keys/s; target <= 10 s)",
+        f"Redis memory              {scale['bytes_per_video']:7.0f} B per enqueued video, "
+        f"{counted_bytes:.0f} B per counted prediction",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

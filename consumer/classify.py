@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from moments_stream.logs import get_logger
+from moments_stream.resources import available_cpus
 from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, SYNTHETIC_MODEL_PREFIX, Settings
 
 from . import assets
@@ -27,7 +28,6 @@ from .model import (
     warm_up,
 )
 from .preprocess import resize_frame, to_model_input
-from .resources import available_cpus
 
 log = get_logger(__name__)
 

@@ -13,10 +13,10 @@ from moments_stream import keys, ledger
 from moments_stream.lithops_env import backend_time_limit_s, lithops_config
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
+from moments_stream.resources import available_cpus, threads_per_worker
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
 from .classify import resolve_model_files
-from .resources import available_cpus, threads_per_worker
 from .worker import EXIT_SLACK_S, run_consumer
 
 log = get_logger(__name__)

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from aggregator.cli import format_counts
 from aggregator.drain import drain
 from consumer.launcher import run_consumers, with_local_assets
-from consumer.resources import available_cpus, default_local_workers, total_memory_bytes
 from producer.cli import enqueue_prefix, normalise_prefix, upload
 
 from . import keys, ledger
@@ -27,6 +26,7 @@ from .cli_common import add_command, run_cli, settings_from_args
 from .lithops_env import results_queue
 from .logs import get_logger, stream_is_tty
 from .redis_conn import ensure_redis
+from .resources import available_cpus, default_local_workers, total_memory_bytes
 
 log = get_logger(__name__)
 

@@ -16,6 +16,7 @@ from moments_stream.errors import ConfigError
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, ensure_redis
+from moments_stream.resources import available_cpus
 from moments_stream.settings import Settings
 
 from .enqueue import EnqueueReport, enqueue_objects
@@ -37,7 +38,8 @@ def enqueue_pass(
             listed += 1
             yield item
 
-    return enqueue_objects(client, settings, counted(), reclassify=reclassify), listed
+    report = enqueue_objects(client, settings, counted(), reclassify=reclassify, processes=available_cpus())
+    return report, listed
 
 
 def enqueue_prefix(settings: Settings, prefix: str, reclassify: bool = False) -> EnqueueReport:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from moments_stream.queues import video_queue
 from moments_stream.redis_conn import connect, lithops_redis_section, redact
 from moments_stream.settings import Settings
 from producer.cli import enqueue_prefix, normalise_prefix
-from producer.enqueue import enqueue_objects
+from producer.enqueue import BatchWriter, enqueue_objects
 from producer.listing import StoredObject, is_video_key, iter_localhost
 from producer.upload import upload_directory
 from tests.redis_server import free_port, running_redis
@@ -77,6 +78,24 @@ def test_enqueue_only_new_or_replaced(redis_client: redis.Redis, redis_url: str)
     assert redis_client.hget(keys.pending(), "v/0.mp4") == b"11:2"
     job = video_queue(redis_client, settings).jobs[0]
     assert job.func_name == "consumer.jobs.classify_video" and job.args == ("v/0.mp4", "10:1")
+
+
+def test_large_listings_are_written_by_worker_processes_exactly_once(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    objects = [StoredObject(f"big/{index:05d}.mp4", 10, "1") for index in range(3500)]
+    report = enqueue_objects(redis_client, settings, objects, processes=2)
+    assert (report.enqueued, report.skipped) == (3500, 0)
+    queue = video_queue(redis_client, settings)
+    assert len(queue) == 3500
+    assert sorted(job.args[0] for job in queue.jobs) == [item.key for item in objects]
+    assert redis_client.hlen(keys.pending()) == redis_client.hlen(keys.seen()) == 3500
+    again = enqueue_objects(redis_client, settings, objects, processes=2)
+    assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500
+    with BatchWriter(settings, processes=2) as writer:
+        writer.write(redis_client, {"big/x.mp4": "1:1"})
+        writer.write(redis_client, {"big/y.mp4": "1:1"})
+        assert writer.pool is not None or threading.active_count() > 1  # forked only when no other thread runs
+    assert len(queue) == 3502
 
 
 def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from consumer.launcher import with_threads_for
-from consumer.resources import (
+from moments_stream.resources import (
     CONSUMER_MEMORY_BYTES,
     available_cpus,
     cpus_from_cgroup_v1,

@@ -138,3 +138,21 @@ def test_bf16_stays_close_to_fp32(base_settings: Settings, classifier: Classifie
         fast = bf16.classify_file(str(clip))
         # At most one of 16 frames may change its vote (1/16 of probability mass).
         assert reference.get(fast.top1, 0.0) >= max(reference.values()) - 1 / 16 - 1e-3
+
+
+@pytest.mark.e2e  # compiling takes 10-30 s on this CPU
+def test_compiled_bf16_model_agrees_with_eager(base_settings: Settings, classifier: Classifier, tmp_path: Path) -> None:
+    eager_bf16 = load_classifier(base_settings.replace(precision="bf16", num_frames=8), progress=False)
+    compiled = load_classifier(base_settings.replace(precision="bf16", num_frames=8, compile=True), progress=False)
+    eager_fp32 = load_classifier(base_settings.replace(num_frames=8), progress=False)
+    for seed in range(3):
+        clip = str(write_ffv1(tmp_path / f"k{seed}.avi", synthetic_frames(30, seed=seed)))
+        reference = dict(eager_fp32.classify_file(clip).top5)
+        for fast in (eager_bf16.classify_file(clip), compiled.classify_file(clip)):
+            # bf16 may move one of the 8 frames' votes (1/8 of the probability mass), no more.
+            assert reference.get(fast.top1, 0.0) >= max(reference.values()) - 1 / 8 - 1e-3
+        compiled_probs = dict(compiled.classify_file(clip).top5)
+        eager_probs = dict(eager_bf16.classify_file(clip).top5)
+        shared = set(compiled_probs) & set(eager_probs)
+        # The synthetic model's frames vote almost one-hot: again at most one vote may move.
+        assert shared and all(abs(compiled_probs[name] - eager_probs[name]) <= 1 / 8 + 1e-3 for name in shared)

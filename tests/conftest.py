@@ -67,3 +67,19 @@ def redis_client(redis_url: str):
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture()
+def pipeline_env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path):
+    """The environment the stages' CLIs run in: a fresh redis-server, a fresh bucket, test weights."""
+    import shutil
+
+    from lithops.constants import LITHOPS_TEMP_DIR
+
+    from tests.pipeline import pipeline_environment
+    from tests.redis_server import running_redis
+
+    with running_redis(tmp_path / "redis") as url:
+        env = pipeline_environment(url, checkpoint_v1, categories_v1, tmp_path / "data")
+        yield env
+    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)

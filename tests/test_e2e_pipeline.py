@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
-from lithops.constants import LITHOPS_TEMP_DIR
 
-from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, pipeline_environment, run
-from tests.redis_server import running_redis
+from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture()
-def pipeline_env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
-    with running_redis(tmp_path / "redis") as url:
-        env = pipeline_environment(url, checkpoint_v1, categories_v1, tmp_path / "data")
-        yield env
-    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
 
 
 def test_main_command_counts_exactly_and_only_new_videos(pipeline_env: dict[str, str], tmp_path: Path) -> None:

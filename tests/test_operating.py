@@ -9,16 +9,12 @@ from __future__ import annotations
 import collections
 import csv
 import json
-import os
-import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from lithops.constants import LITHOPS_TEMP_DIR
 
 from consumer.model import make_synthetic_checkpoint
 from tests.pipeline import (
@@ -27,22 +23,17 @@ from tests.pipeline import (
     current_model,
     direct_top1,
     make_clips,
-    pipeline_environment,
     run,
     start,
     wait_until,
 )
-from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture()
-def env(tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
-    with running_redis(tmp_path / "redis") as url:
-        env = pipeline_environment(url, checkpoint_v1, categories_v1, tmp_path / "data")
-        yield env
-    shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
+def env(pipeline_env: dict[str, str]) -> dict[str, str]:
+    return pipeline_env
 
 
 def json_of(env: dict[str, str], *command: str) -> dict:
@@ -61,6 +52,16 @@ def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path)
     client = client_for(env)
     model_a = current_model(client)
     assert model_a.startswith("synthetic-v1-")
+
+    # Logs off a terminal are JSON lines: one video_recorded event per video, and no Lithops noise.
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    recorded = [event for event in events if event["event"] == "video_recorded"]
+    assert sorted(event["outcome"] for event in recorded) == ["counted"] * 4 + ["failed"]
+    for event in recorded:
+        assert event["video"].startswith("videos/") and event["worker"] and event["level"] in ("info", "warning")
+        if event["outcome"] == "counted":
+            assert min(event["decode_ms"], event["infer_ms"], event["total_ms"]) > 0
+    assert not [line for line in done.stderr.splitlines() if "lithops" in line.lower() and "INFO" in line]
 
     # status: each figure equals its redis-cli command.
     status = json_of(env, "aggregator", "status", "--json")

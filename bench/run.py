@@ -193,8 +193,11 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
     consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        status = lambda: json.loads(run_cli(env, "aggregator", "status", "--json"))  # noqa: E731
-        wait_for(lambda: status()["workers_alive"] == workers, 600, "warm consumers", interval_s=1)
+
+        def workers_alive() -> int:
+            return json.loads(run_cli(env, "aggregator", "status", "--json"))["workers_alive"]
+
+        wait_for(lambda: workers_alive() == workers, 600, "warm consumers", interval_s=1)
         time.sleep(2)  # every consumer idle in its poll loop
         settings = Settings.from_env(env)
         started = time.perf_counter()

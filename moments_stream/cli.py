@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import redis
 from tqdm import tqdm
 
 from aggregator.cli import format_counts
@@ -29,6 +31,11 @@ from .redis_conn import ensure_redis
 from .resources import available_cpus, default_local_workers, total_memory_bytes
 
 log = get_logger(__name__)
+
+
+def outcomes_unrecorded(client: redis.Redis, results: Any) -> bool:
+    """Outcomes still on the queue, or only in the outbox of videos still pending."""
+    return bool(results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,8 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumers.join()
     # What the consumers published is on the queue, or in the outbox until the aggregator recovers it.
     deadline = time.monotonic() + settings.recover_after_s + 30
-    unsettled = lambda: results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client))  # noqa: E731
-    while time.monotonic() < deadline and unsettled():
+    while time.monotonic() < deadline and outcomes_unrecorded(client, results):
         time.sleep(0.2)
     stop_aggregator.set()
     aggregator.join()

@@ -157,6 +157,41 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     assert client.hlen("moments:failed") == 0
 
 
+def worker_busy_with(client: redis.Redis, video: str, exclude: set[str]) -> Worker | None:
+    for worker in Worker.all(connection=client):
+        job = worker.get_current_job() if worker.name not in exclude and worker.get_state() == "busy" else None
+        if job is not None and job.args and job.args[0] == video:
+            return worker
+    return None
+
+
+def test_video_that_kills_its_consumer_on_every_attempt_is_recorded_failed(env: dict[str, str], tmp_path: Path) -> None:
+    from tests.media import write_test_pattern_h264
+
+    env = dict(env, MOMENTS_JOB_RETRIES="1")  # two attempts
+    folder = tmp_path / "in"
+    expected = direct_top1(env, make_clips(folder, range(4)))
+    write_test_pattern_h264(folder / "killer.mp4", seconds=120, width=320, height=240)  # seconds to decode
+    upload_and_enqueue(env, folder)
+    aggregator = start(env, "aggregator", "run")
+    consumers = start(env, "consumer", "start", "--workers", "2")
+    client = client_for(env)
+    killed: set[str] = set()  # a killed worker looks busy until its lease lapses
+    for attempt in range(2):
+        wait_until(lambda: worker_busy_with(client, "in/killer.mp4", killed), 180, f"attempt {attempt + 1}")
+        victim = worker_busy_with(client, "in/killer.mp4", killed)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed.add(victim.name)
+    summaries = finish(env, consumers)
+    stop_aggregator(aggregator)
+
+    failure = json.loads(client.hget("moments:failed", "in/killer.mp4"))
+    assert "consumer died while classifying it on every attempt" in failure["error"]
+    assert client.hlen("moments:failed") == 1
+    assert counts(env) == collections.Counter(expected.values())
+    assert [summary["reason"] for summary in summaries].count("crashed") == 2
+
+
 STEAL_ONE_MESSAGE = """
 import json
 from moments_stream.lithops_env import results_queue

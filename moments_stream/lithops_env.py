@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -33,8 +34,10 @@ def lithops_config(settings: Settings, workers: int | None = None, execution_tim
     section = config.setdefault("lithops", {})
     section.setdefault("backend", "localhost")
     section.setdefault("storage", "localhost")
-    # Lithops prints INFO lines for every wait and cleanup; users see our events instead.
-    section.setdefault("log_level", "WARNING")
+    # Lithops prints INFO lines for every wait and cleanup; users see our events instead, and
+    # Lithops' own lines with --verbose (configure_logging sets the "lithops" logger's level).
+    lithops_level = max(logging.getLogger("lithops").getEffectiveLevel(), logging.DEBUG)
+    section.setdefault("log_level", logging.getLevelName(lithops_level))
     if execution_timeout is not None:
         section["execution_timeout"] = execution_timeout
     if section["backend"] == "localhost":

@@ -50,10 +50,14 @@ def format_counts(client: redis.Redis, model_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def refresh_until_interrupted(render: Callable[[], str], interval_s: float) -> int:
+def show(render: Callable[[], str], args: argparse.Namespace) -> int:
+    """Print a view once, or with ``--watch`` redraw it every ``--interval`` until interrupted."""
+    if not args.watch:
+        print(render())
+        return 0
     while True:
         print("\033[2J\033[H" + render(), flush=True)
-        time.sleep(interval_s)
+        time.sleep(args.interval)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,10 +83,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(counts_document(client, args.model_id)))
         return 0
-    if args.watch:
-        return refresh_until_interrupted(lambda: format_counts(client, args.model_id), args.interval)
-    print(format_counts(client, args.model_id))
-    return 0
+    return show(lambda: format_counts(client, args.model_id), args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -91,12 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_document(client, settings, args.model_id)))
         return 0
-    if args.watch:
-        return refresh_until_interrupted(
-            lambda: format_status(status_document(client, settings, args.model_id)), args.interval
-        )
-    print(format_status(status_document(client, settings, args.model_id)))
-    return 0
+    return show(lambda: format_status(status_document(client, settings, args.model_id)), args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import redis
@@ -56,15 +56,17 @@ def write_rows(rows: Iterator[dict[str, Any]], out: TextIO, output_format: str) 
     """Write ``rows`` as JSON lines or CSV (with a header); returns how many were written."""
     if output_format not in FORMATS:
         raise ValueError(f"unknown export format {output_format!r}; expected one of {FORMATS}")
-    written = 0
     if output_format == "csv":
         writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-            written += 1
-        return written
+        write_row: Callable[[dict[str, Any]], object] = writer.writerow
+    else:
+
+        def write_row(row: dict[str, Any]) -> object:
+            return out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    written = 0
     for row in rows:
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_row(row)
         written += 1
     return written

@@ -46,13 +46,14 @@ def _age_s(timestamp: str | None, now: float) -> float | None:
 
 def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[str, str]:
     """worker name -> video it is classifying, from rq's started-job registry and executions."""
+    started = registry.get_job_and_execution_ids(cleanup=False)
+    jobs = registry.job_class.fetch_many([job_id for job_id, _ in started], connection=client)
     by_worker = {}
-    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+    for (job_id, execution_id), job in zip(started, jobs, strict=True):
         try:
             execution = Execution.fetch(execution_id, job_id, client)
         except ValueError:
             continue
-        job = registry.job_class.fetch_many([job_id], connection=client)[0]
         if job is not None and job.args and execution.worker_name:
             by_worker[execution.worker_name] = job.args[0]
     return by_worker

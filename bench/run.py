@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +44,7 @@ from lithops.constants import LITHOPS_TEMP_DIR  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+from aggregator.status import redis_now  # noqa: E402
 from consumer.classify import load_classifier  # noqa: E402
 from consumer.frames import read_frames  # noqa: E402
 from consumer.model import (  # noqa: E402
@@ -63,6 +63,7 @@ from moments_stream.resources import available_cpus, default_local_workers, thre
 from moments_stream.settings import Settings  # noqa: E402
 from producer.cli import enqueue_prefix  # noqa: E402
 from tests.media import synthetic_frames, write_h264  # noqa: E402
+from tests.pipeline import run, wait_until  # noqa: E402
 from tests.redis_server import running_redis  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -98,12 +99,11 @@ def _ceiling_worker(env: dict[str, str], clips: list[str], barrier, results) -> 
     batches = [
         to_model_input(read_frames(clip, classifier.num_frames, keep=resize_frame).frames) for clip in clips
     ]  # decoded before the clock starts
-    classifier.classify_frames(batches[0].permute(0, 2, 3, 1).mul(255).byte().numpy())  # warm
+    classifier.classify_batch(batches[0])  # warm
     barrier.wait()
     started = time.perf_counter()
     for batch in batches:
-        probabilities = video_probabilities(frame_probabilities(classifier.model, batch, classifier.options))
-        top_k(probabilities, classifier.categories, 5)
+        classifier.classify_batch(batch)
     results.put(time.perf_counter() - started)
 
 
@@ -164,23 +164,10 @@ def seed_style(weights: Path, categories: list[str], clips: list[Path], num_fram
 
 
 def run_cli(env: dict[str, str], *command: str) -> str:
-    done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True)
+    done = run(env, *command)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     return done.stdout
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(interval_s)
-
-
-def redis_seconds(client: redis.Redis) -> float:
-    seconds, micros = client.time()
-    return seconds + micros / 1e6
 
 
 def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], workers: int) -> dict:
@@ -191,26 +178,26 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
     aggregator = subprocess.Popen([str(BIN / "aggregator"), "run"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
     consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
 
         def workers_alive() -> int:
             return json.loads(run_cli(env, "aggregator", "status", "--json"))["workers_alive"]
 
-        wait_for(lambda: workers_alive() == workers, 600, "warm consumers", interval_s=1)
+        wait_until(lambda: workers_alive() == workers, 600, "warm consumers", interval=1)
         time.sleep(2)  # every consumer idle in its poll loop
         settings = Settings.from_env(env)
         started = time.perf_counter()
         report = enqueue_prefix(settings, "bench/")
-        wait_for(lambda: client.hlen(keys.pending()) == 0, 1800, "every video counted")
+        wait_until(lambda: client.hlen(keys.pending()) == 0, 1800, "every video counted", interval=0.02)
         throughput = report.enqueued / (time.perf_counter() - started)
 
         latencies = []
         for prefix in latency_prefixes:
             time.sleep(0.5)  # an idle pipeline: every consumer waiting
-            enqueued_at = redis_seconds(client)
+            enqueued_at = redis_now(client)
             enqueue_prefix(settings, prefix)
-            wait_for(lambda: client.hlen(keys.pending()) == 0, 300, "the latency video")
+            wait_until(lambda: client.hlen(keys.pending()) == 0, 300, "the latency video", interval=0.02)
             # The ledger stamps each recorded video in moments:recent with Redis' clock.
             ((_, counted_at),) = client.zrange(keys.recent(), -1, -1, withscores=True)
             latencies.append(counted_at - enqueued_at)

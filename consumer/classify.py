@@ -92,10 +92,12 @@ class Classifier:
 
     def classify_frames(self, frames_rgb: Any) -> list[tuple[str, float]]:
         if self.batcher is not None:
-            probabilities = self.batcher.probabilities(frames_rgb)
-        else:
-            batch = to_model_input(frames_rgb)
-            probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
+            return top_k(self.batcher.probabilities(frames_rgb).cpu(), self.categories, self.top_k)
+        return self.classify_batch(to_model_input(frames_rgb))
+
+    def classify_batch(self, batch: torch.Tensor) -> list[tuple[str, float]]:
+        """Top-k of one video's preprocessed frames, (N, 3, 224, 224)."""
+        probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
         return top_k(probabilities.cpu(), self.categories, self.top_k)
 
     def share_across_threads(self, max_videos: int) -> None:

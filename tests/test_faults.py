@@ -137,6 +137,9 @@ def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) ->
 def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str, str], tmp_path: Path) -> None:
     """A backend that stops functions early (Lambda: 15 min) must see them leave, never kill them."""
     function_timeout = 30
+    # 16 frames a clip: about twice the work one 15 s function can do, so a relaunch is certain
+    # (with 8, a fast run finished all 36 clips just as the first function's time ran out).
+    env = dict(env, MOMENTS_NUM_FRAMES="16")
     expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 76)))
     upload_and_enqueue(env, tmp_path / "in")
     aggregator = start(env, "aggregator", "run")

@@ -13,11 +13,12 @@ from typing import Any
 
 import redis
 
-from moments_stream import keys, ledger
+from moments_stream import ledger
 from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
-from moments_stream.lithops_env import results_queue
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import ensure_redis
+from moments_stream.results import open_results_queue
+from moments_stream.settings import Settings
 
 from .drain import drain
 from .export import FORMATS, export_rows, write_rows
@@ -26,21 +27,22 @@ from .status import format_status, model_label, status_document
 log = get_logger(__name__)
 
 
-def counts_document(client: redis.Redis, model_id: str | None = None) -> dict[str, Any]:
+def counts_document(client: redis.Redis, settings: Settings, model_id: str | None = None) -> dict[str, Any]:
     """One model's counts (the current one by default) and the totals of each state, for scripts."""
-    model = ledger.resolve_model(client, model_id)
-    by_category = dict(ledger.sorted_counts(ledger.counts(client, model))) if model else {}
+    keys = settings.keys
+    model = ledger.resolve_model(client, keys, model_id)
+    by_category = dict(ledger.sorted_counts(ledger.counts(client, keys, model))) if model else {}
     return {
         "model": model,
         "counts": by_category,
         "counted": sum(by_category.values()),
-        "pending": ledger.pending_count(client),
+        "pending": ledger.pending_count(client, keys),
         "failed": int(client.hlen(keys.failed())),
     }
 
 
-def format_counts(client: redis.Redis, model_id: str | None = None) -> str:
-    document = counts_document(client, model_id)
+def format_counts(client: redis.Redis, settings: Settings, model_id: str | None = None) -> str:
+    document = counts_document(client, settings, model_id)
     by_category = document["counts"]
     width = max([len(name) for name in by_category] + [8])
     lines = [f"model {model_label(document['model'])}", f"{'category':<{width}}  count"]
@@ -68,22 +70,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
     report = drain(
         client,
-        results_queue(client, settings),
+        settings.keys,
+        open_results_queue(client, settings),
         idle_exit_s=args.idle_exit,
         stop_event=stop,
         recover_after_s=settings.recover_after_s,
     )
-    print(f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, "
-          f"stale {report.stale}, recovered from outbox {report.recovered}")  # fmt: skip
+    print(
+        f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, stale {report.stale}, "
+        f"recovered from outbox {report.recovered}, dead letters {report.dead_letters}"
+    )
     return 0
 
 
 def cmd_counts(args: argparse.Namespace) -> int:
-    client = ensure_redis(settings_from_args(args))
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
     if args.json:
-        print(json.dumps(counts_document(client, args.model_id)))
+        print(json.dumps(counts_document(client, settings, args.model_id)))
         return 0
-    return show(lambda: format_counts(client, args.model_id), args)
+    return show(lambda: format_counts(client, settings, args.model_id), args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -96,9 +102,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    client = ensure_redis(settings_from_args(args))
-    model = ledger.resolve_model(client, args.model_id)
-    rows = export_rows(client, model, include_failed=args.include_failed)
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    model = ledger.resolve_model(client, settings.keys, args.model_id)
+    rows = export_rows(client, settings.keys, model, include_failed=args.include_failed)
     if args.out is None:
         written = write_rows(rows, sys.stdout, args.format)
     else:

@@ -9,7 +9,6 @@ from the queue is harmless).
 
 from __future__ import annotations
 
-import queue as queue_module
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from typing import Any
 
 import redis
 
-from moments_stream import ledger
+from moments_stream import ledger, results
+from moments_stream.keys import Keys
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff
 from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
@@ -35,16 +35,17 @@ class DrainReport:
     stale: int = 0
     failed: int = 0
     recovered: int = 0
+    dead_letters: int = 0
 
     @property
     def received(self) -> int:
         return self.counted + self.duplicates + self.stale + self.failed
 
 
-def apply(client: redis.Redis, message: dict[str, Any], report: DrainReport) -> None:
+def apply(client: redis.Redis, keys: Keys, message: dict[str, Any], report: DrainReport) -> None:
     """Record one outcome from a consumer (a prediction, or a video that could not be classified);
     logs one ``video_recorded`` event with the outcome and the consumer's timings."""
-    outcome = ledger.record(client, message)
+    outcome = ledger.record(client, keys, message)
     fields = {name: message.get(name) for name in _LOGGED_FIELDS if message.get(name) is not None}
     if outcome is ledger.Outcome.DUPLICATE:
         report.duplicates += 1
@@ -60,17 +61,30 @@ def apply(client: redis.Redis, message: dict[str, Any], report: DrainReport) -> 
         log.info("video_recorded", outcome="counted", top1=message["top5"][0][0], **fields)
 
 
-def recover_unrecorded(client: redis.Redis, older_than_s: float, report: DrainReport) -> None:
+def recover_unrecorded(client: redis.Redis, keys: Keys, older_than_s: float, report: DrainReport) -> None:
     """Record outbox entries whose queue message was lost (popped by an aggregator that died)."""
-    for message in ledger.unrecorded_outcomes(client, older_than_s):
+    for message in ledger.unrecorded_outcomes(client, keys, older_than_s):
         report.recovered += 1
         log.warning("outcome_recovered_from_outbox", video=message["video"], worker=message.get("worker"))
-        apply(client, message, report)
+        apply(client, keys, message, report)
+
+
+def apply_raw(client: redis.Redis, keys: Keys, raw: bytes, report: DrainReport) -> None:
+    """Record one raw queue message, or keep it as a dead letter when it is not an outcome."""
+    try:
+        message = results.decode(raw)
+    except results.MalformedMessage as error:
+        entry = results.dead_letter(client, keys, error)
+        report.dead_letters += 1
+        log.error("message_dead_lettered", reason=error.reason, entry=entry, dead_letters=keys.dead_letters())
+        return
+    apply(client, keys, message, report)
 
 
 def drain(
     client: redis.Redis,
-    results: Any,
+    keys: Keys,
+    queue: Any,
     idle_exit_s: float | None = None,
     stop_event: threading.Event | None = None,
     poll_s: float = 1.0,
@@ -83,19 +97,18 @@ def drain(
     backoff = Backoff()
     while not (stop_event is not None and stop_event.is_set()):
         try:
-            try:
-                message = results.get(timeout=poll_s)
-            except queue_module.Empty:
+            raw = results.receive(queue, poll_s)
+            if raw is None:
                 now = time.monotonic()
                 if now - last_recovery >= min(recover_after_s, 5.0):
-                    recover_unrecorded(client, recover_after_s, report)
+                    recover_unrecorded(client, keys, recover_after_s, report)
                     last_recovery = now
                 idle = now - last_arrival
-                if idle_exit_s is not None and idle >= idle_exit_s and ledger.pending_count(client) == 0:
+                if idle_exit_s is not None and idle >= idle_exit_s and ledger.pending_count(client, keys) == 0:
                     break
                 continue
             last_arrival = time.monotonic()
-            apply(client, message, report)
+            apply_raw(client, keys, raw, report)
             backoff.reset()
         except REDIS_OUTAGE as error:
             backoff.wait(error)

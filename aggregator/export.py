@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import redis
 
-from moments_stream import keys
+from moments_stream.keys import Keys
 from moments_stream.settings import DEFAULT_TOP_K
 
 FORMATS = ("jsonl", "csv")
@@ -44,7 +44,9 @@ def _scan(client: redis.Redis, key: str) -> Iterator[dict[str, Any]]:
         yield json.loads(raw)
 
 
-def export_rows(client: redis.Redis, model_id: str | None, include_failed: bool = False) -> Iterator[dict[str, Any]]:
+def export_rows(
+    client: redis.Redis, keys: Keys, model_id: str | None, include_failed: bool = False
+) -> Iterator[dict[str, Any]]:
     """The model's predictions, then (if asked) the failed videos, one row at a time."""
     if model_id is not None:
         yield from map(export_row, _scan(client, keys.predictions(model_id)))

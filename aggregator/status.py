@@ -15,8 +15,8 @@ from rq.executions import Execution
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from moments_stream import keys, ledger
-from moments_stream.queues import video_queue
+from moments_stream import ledger
+from moments_stream.queues import JOB_SERIALIZER, video_queue
 from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
 
 
@@ -47,7 +47,9 @@ def _age_s(timestamp: str | None, now: float) -> float | None:
 def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[str, str]:
     """worker name -> video it is classifying, from rq's started-job registry and executions."""
     started = registry.get_job_and_execution_ids(cleanup=False)
-    jobs = registry.job_class.fetch_many([job_id for job_id, _ in started], connection=client)
+    jobs = registry.job_class.fetch_many(
+        [job_id for job_id, _ in started], connection=client, serializer=JOB_SERIALIZER
+    )
     by_worker = {}
     for (job_id, execution_id), job in zip(started, jobs, strict=True):
         try:
@@ -66,7 +68,7 @@ def workers(client: redis.Redis, queue_name: str, now: float) -> list[dict[str, 
         for name in names:
             pipe.hmget(name, "state", "last_heartbeat")
         fields = pipe.execute()
-    registry = StartedJobRegistry(queue_name, connection=client)
+    registry = StartedJobRegistry(queue_name, connection=client, serializer=JOB_SERIALIZER)
     videos = in_flight_videos(client, registry)
     alive = []
     for key, (state, heartbeat) in zip(names, fields, strict=True):
@@ -88,7 +90,8 @@ def workers(client: redis.Redis, queue_name: str, now: float) -> list[dict[str, 
 
 def status_document(client: redis.Redis, settings: Settings, model_id: str | None = None) -> dict[str, Any]:
     """Every state's size, the live workers, throughput and ETA, read in one MULTI snapshot."""
-    model = ledger.resolve_model(client, model_id)
+    keys = settings.keys
+    model = ledger.resolve_model(client, keys, model_id)
     queue = video_queue(client, settings)
     now = redis_now(client)
     with client.pipeline(transaction=True) as pipe:
@@ -99,7 +102,7 @@ def status_document(client: redis.Redis, settings: Settings, model_id: str | Non
         pipe.hlen(keys.outbox())
         pipe.hlen(keys.failed())
         pipe.zcount(keys.recent(), now - THROUGHPUT_WINDOW_S, "+inf")
-        models = ledger.known_models(client)
+        models = ledger.known_models(client, keys)
         for known in models:
             pipe.hlen(keys.predictions(known))
         pending, queued, in_flight, retry_scheduled, outbox, failed, finished, *counted = pipe.execute()

@@ -58,7 +58,7 @@ from consumer.model import (  # noqa: E402
     video_probabilities,
 )
 from consumer.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_frame, to_model_input  # noqa: E402
-from moments_stream import keys  # noqa: E402
+from moments_stream.keys import Keys  # noqa: E402
 from moments_stream.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
 from moments_stream.settings import Settings  # noqa: E402
 from producer.cli import enqueue_prefix  # noqa: E402
@@ -189,7 +189,7 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
         settings = Settings.from_env(env)
         started = time.perf_counter()
         report = enqueue_prefix(settings, "bench/")
-        wait_until(lambda: client.hlen(keys.pending()) == 0, 1800, "every video counted", interval=0.02)
+        wait_until(lambda: client.hlen(Keys().pending()) == 0, 1800, "every video counted", interval=0.02)
         throughput = report.enqueued / (time.perf_counter() - started)
 
         latencies = []
@@ -197,9 +197,9 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
             time.sleep(0.5)  # an idle pipeline: every consumer waiting
             enqueued_at = redis_now(client)
             enqueue_prefix(settings, prefix)
-            wait_until(lambda: client.hlen(keys.pending()) == 0, 300, "the latency video", interval=0.02)
+            wait_until(lambda: client.hlen(Keys().pending()) == 0, 300, "the latency video", interval=0.02)
             # The ledger stamps each recorded video in moments:recent with Redis' clock.
-            ((_, counted_at),) = client.zrange(keys.recent(), -1, -1, withscores=True)
+            ((_, counted_at),) = client.zrange(Keys().recent(), -1, -1, withscores=True)
             latencies.append(counted_at - enqueued_at)
         return {"throughput": throughput, "latencies": latencies}
     finally:
@@ -279,9 +279,10 @@ def main() -> int:
                 run_cli(env, "producer", "upload", str(single), latency_prefixes[-1])
             e2e = end_to_end(env, work / "clips", latency_prefixes, workers)
             client = redis.Redis.from_url(url)
-            model_id = client.zrevrange(keys.models(), 0, 0)[0].decode()
-            counted_bytes = client.memory_usage(keys.predictions(model_id)) / client.hlen(keys.predictions(model_id))
-            records = [json.loads(raw) for raw in client.hvals(keys.predictions(model_id))]
+            model_id = client.zrevrange(Keys().models(), 0, 0)[0].decode()
+            predictions = Keys().predictions(model_id)
+            counted_bytes = client.memory_usage(predictions) / client.hlen(predictions)
+            records = [json.loads(raw) for raw in client.hvals(predictions)]
             stages = {stage: statistics.median(r[stage] for r in records) for stage in STAGES}
             shutil.rmtree(Path(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
             scale = enqueue_at_scale(url, args.enqueue_keys)

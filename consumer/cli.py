@@ -104,7 +104,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
     from moments_stream.queues import failures
     from moments_stream.redis_conn import connect
 
-    records = failures(connect(settings_from_args(args).redis_url))
+    settings = settings_from_args(args)
+    records = failures(connect(settings.redis_url), settings)
     for record in records:
         print(json.dumps(record) if args.json else f"{record['video']}\t{record['error']}")
     if not args.json:

@@ -19,7 +19,7 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
-from moments_stream import ledger
+from moments_stream import ledger, results
 from moments_stream.errors import MomentsError, VideoDecodeError
 from moments_stream.logs import get_logger
 from moments_stream.settings import Settings
@@ -102,12 +102,12 @@ def classify_video(key: str, fingerprint: str) -> str:
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
         failure = ledger.failure_record(key, fingerprint, error.message, worker_id, model_id)
-        ledger.publish(context.client, context.results, failure)
+        results.publish(context.client, context.settings.keys, context.results, failure)
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return "failed"
     record = prediction.to_dict()
     record.update(outcome="counted", fingerprint=fingerprint, total_ms=_elapsed_ms(started), **fields)
-    ledger.publish(context.client, context.results, record)
+    results.publish(context.client, context.settings.keys, context.results, record)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
              infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)  # fmt: skip
     return prediction.top1
@@ -126,13 +126,21 @@ def failure_message(exc_type: type, exc_value: BaseException) -> str:
 
 
 def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
-    """rq failure callback: on the last attempt, record the video as failed with its error."""
+    """rq failure callback: on the last attempt, publish the video as failed with its error.
+
+    The failure takes the same path as every other outcome (outbox, then the results queue), so an
+    aggregator records it; abandoned jobs are failed by whichever consumer cleans up, which runs
+    the same model.
+    """
     key, fingerprint = job.args
     message = failure_message(exc_type, exc_value)
     if job.retries_left:
         log.warning("video_attempt_failed", video=key, error=message, retries_left=job.retries_left)
         return
-    # Abandoned jobs are failed by whichever consumer cleans up; it runs the same model.
-    model_id = _context.classifier.model_id if _context is not None else None
-    ledger.record_failure(connection, ledger.failure_record(key, fingerprint, message, model_id=model_id))
+    if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
+        failure = ledger.failure_record(key, fingerprint, message)
+        ledger.stage_in_outbox(connection, Settings.from_env().keys, failure)
+    else:
+        failure = ledger.failure_record(key, fingerprint, message, model_id=_context.classifier.model_id)
+        results.publish(connection, _context.settings.keys, _context.results, failure)
     log.error("video_processed", outcome="failed", video=key, error=message, attempts="all")

@@ -9,7 +9,7 @@ from typing import Any
 import lithops
 from lithops.wait import ANY_COMPLETED
 
-from moments_stream import keys, ledger
+from moments_stream import ledger
 from moments_stream.lithops_env import backend_time_limit_s, lithops_config
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
@@ -33,11 +33,12 @@ def request_stop(settings: Settings) -> int:
     from rq import Worker
     from rq.command import send_shutdown_command
 
-    from moments_stream.queues import video_queue
+    from moments_stream.queues import JOB_SERIALIZER, video_queue
 
     client = connect(settings.redis_url)
-    client.set(keys.stop_consumers(), "1")
-    workers = Worker.all(queue=video_queue(client, settings))
+    client.set(settings.keys.stop_consumers(), "1")
+    # Only this namespace's consumers: the workers of its own rq queue.
+    workers = Worker.all(queue=video_queue(client, settings), serializer=JOB_SERIALIZER)
     for worker in workers:
         send_shutdown_command(client, worker.name)
     return len(workers)
@@ -84,6 +85,7 @@ def run_consumers(
     """Run ``workers`` consumer functions until stopped, idle or out of work; relaunch those that
     reach their time limit (or die) while videos are still pending."""
     client = connect(settings.redis_url)
+    keys = settings.keys
     client.delete(keys.stop_consumers())
     config = lithops_config(settings, workers=workers)
     function_timeout_s = function_time_limit_s(config, function_timeout_s)
@@ -118,7 +120,7 @@ def run_consumers(
             summaries.append(summary)
             stopping = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers())
             wanted = summary.get("reason") == "deadline" or (summary.get("reason") == "crashed" and relaunches_left > 0)
-            if not stopping and wanted and ledger.pending_count(client):
+            if not stopping and wanted and ledger.pending_count(client, keys):
                 relaunches_left -= summary.get("reason") == "crashed"
                 log.info("consumer_relaunched", previous=summary.get("worker"), reason=summary.get("reason"))
                 running.extend(launch(1))

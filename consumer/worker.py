@@ -15,12 +15,11 @@ from rq import SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
-from moments_stream import keys
-from moments_stream.lithops_env import results_queue
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import configure_logging, get_logger
-from moments_stream.queues import video_queue
+from moments_stream.queues import JOB_SERIALIZER, video_queue
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, connect
+from moments_stream.results import open_results_queue
 from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, Settings, cache_dir_from
 
 from .classify import load_classifier
@@ -42,8 +41,11 @@ class ConsumerWorker(SimpleWorker):
     # Lithops may run the function off the main thread, where SIGALRM cannot be used.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, deadline: float, hard_deadline: float, lease_s: int, **kwargs: Any) -> None:
-        super().__init__(*args, maintenance_interval=lease_s, **kwargs)
+    def __init__(
+        self, *args: Any, deadline: float, hard_deadline: float, lease_s: int, stop_key: str, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, maintenance_interval=lease_s, serializer=JOB_SERIALIZER, **kwargs)
+        self.stop_key = stop_key
         self.deadline = deadline
         self.hard_deadline = hard_deadline
         self.death_penalty_class = self._time_boxed_penalty  # type: ignore[assignment]
@@ -102,7 +104,7 @@ class ConsumerWorker(SimpleWorker):
         if self._stop_requested:
             return True
         try:
-            return bool(self.connection.exists(keys.stop_consumers()))
+            return bool(self.connection.exists(self.stop_key))
         except REDIS_OUTAGE:
             return False  # Redis is restarting: rq's dequeue loop waits for it with back-off
 
@@ -193,7 +195,7 @@ def run_consumer(
     classifier = load_classifier(settings, progress=False)
     bind_context(
         WorkerContext(
-            classifier, client, lithops_storage(settings), results_queue(client, settings), settings, worker_id
+            classifier, client, lithops_storage(settings), open_results_queue(client, settings), settings, worker_id
         )
     )
     decode_threads = decode_threads_for(settings, classifier.options.device)
@@ -208,6 +210,7 @@ def run_consumer(
             deadline=started + max_runtime_s,
             hard_deadline=started + function_timeout_s - EXIT_SLACK_S,
             lease_s=settings.consumer_lease_s,
+            stop_key=settings.keys.stop_consumers(),
         )
         for name in names
     ]

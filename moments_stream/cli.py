@@ -23,24 +23,27 @@ from aggregator.drain import drain
 from consumer.launcher import run_consumers, with_local_assets
 from producer.cli import enqueue_prefix, normalise_prefix, upload
 
-from . import keys, ledger
+from . import ledger
 from .cli_common import add_command, run_cli, settings_from_args
-from .lithops_env import results_queue
 from .logs import get_logger, stream_is_tty
 from .redis_conn import ensure_redis
 from .resources import available_cpus, default_local_workers, total_memory_bytes
+from .results import open_results_queue
+from .settings import Settings
 
 log = get_logger(__name__)
 
 
-def outcomes_unrecorded(client: redis.Redis, results: Any) -> bool:
+def outcomes_unrecorded(client: redis.Redis, settings: Settings, results: Any) -> bool:
     """Outcomes still on the queue, or only in the outbox of videos still pending."""
-    return bool(results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client)))
+    keys = settings.keys
+    return bool(results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client, keys)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
+    keys = settings.keys
     # Fail before touching storage or the queue when the model cannot be had.
     settings = with_local_assets(settings)
     prefix = normalise_prefix(args.prefix)
@@ -49,16 +52,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     workers = args.workers or default_local_workers(available_cpus(), total_memory_bytes())
     stop_aggregator = threading.Event()
-    results = results_queue(client, settings)
+    results = open_results_queue(client, settings)
     aggregator = threading.Thread(
         target=drain,
-        args=(client, results),
+        args=(client, keys, results),
         kwargs={"stop_event": stop_aggregator, "recover_after_s": settings.recover_after_s},
         name="aggregator",
         daemon=True,
     )
     aggregator.start()
-    total = ledger.pending_count(client)
+    total = ledger.pending_count(client, keys)
     consumers_done = threading.Event()
     summaries: list[dict] = []
     errors: list[BaseException] = []
@@ -78,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumers.start()
     with tqdm(total=total, unit="video", desc="classifying", disable=not stream_is_tty(sys.stderr)) as bar:
         while total:
-            left = ledger.pending_count(client)
+            left = ledger.pending_count(client, keys)
             bar.update(total - left - bar.n)
             if left == 0 or consumers_done.is_set():
                 break
@@ -88,14 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumers.join()
     # What the consumers published is on the queue, or in the outbox until the aggregator recovers it.
     deadline = time.monotonic() + settings.recover_after_s + 30
-    while time.monotonic() < deadline and outcomes_unrecorded(client, results):
+    while time.monotonic() < deadline and outcomes_unrecorded(client, settings, results):
         time.sleep(0.2)
     stop_aggregator.set()
     aggregator.join()
     if errors:
         raise errors[0]
-    print(format_counts(client))
-    left = ledger.pending_count(client)
+    print(format_counts(client, settings))
+    left = ledger.pending_count(client, keys)
     if left:
         print(f"{left} video(s) still pending: run again, or see `rq info` and `consumer start`", file=sys.stderr)
         return 1

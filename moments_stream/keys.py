@@ -1,71 +1,92 @@
-"""Every Redis key moments-stream writes, one small function each (rq's own keys start ``rq:``).
+"""Every Redis key moments-stream writes, one small method each, under one namespace.
 
-The video queue itself is an rq queue (``rq:queue:<name>``), so ``rq info`` shows it.
+``MOMENTS_NAMESPACE`` (default ``moments``) prefixes every key, so two pipelines can share one
+Redis without touching each other. The video queue is an rq queue named after the namespace
+(``rq:queue:<namespace>-videos`` unless ``MOMENTS_QUEUE`` names another), so ``rq info`` shows it;
+the results queue is a lithops Queue whose Redis list name is derived from the namespace too.
 """
 
 from __future__ import annotations
 
-PREFIX = "moments"
+from dataclasses import dataclass
+
+from lithops.multiprocessing.connection import REDIS_LIST_CONN, get_handle_pair
+
+DEFAULT_NAMESPACE = "moments"
 
 
-def seen() -> str:
-    """Hash: video key -> fingerprint last enqueued (size + etag/mtime). Drives "only new ones"."""
-    return f"{PREFIX}:seen"
+@dataclass(frozen=True)
+class Keys:
+    """The key names of one namespace."""
 
+    namespace: str = DEFAULT_NAMESPACE
 
-def pending() -> str:
-    """Hash: video key -> fingerprint enqueued and not yet counted or failed."""
-    return f"{PREFIX}:pending"
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
 
+    def seen(self) -> str:
+        """Hash: video id -> fingerprint last enqueued (size + etag/mtime). Drives "only new ones"."""
+        return self._key("seen")
 
-def models() -> str:
-    """Sorted set: model id -> Redis time of the latest prediction counted with it.
+    def pending(self) -> str:
+        """Hash: video id -> JSON ``{"fingerprint", "model"}`` enqueued and not yet counted or failed.
 
-    The highest score is the current model, the one ``aggregator counts`` shows by default.
-    """
-    return f"{PREFIX}:models"
+        ``model`` is the model id the job is for (``null``: whichever model the consumers run); only
+        an outcome of that model clears the entry.
+        """
+        return self._key("pending")
 
+    def models(self) -> str:
+        """Sorted set: model id -> Redis time of the latest prediction counted with it.
 
-def predictions(model_id: str) -> str:
-    """Hash: video key -> JSON record (top-5, fingerprint, worker, timings) of one model.
+        The highest score is the current model, the one ``aggregator counts`` shows by default.
+        """
+        return self._key("models")
 
-    Per model, so that changing the weights or the category list never mixes two models' results.
-    """
-    return f"{PREFIX}:predictions:{model_id}"
+    def predictions(self, model_id: str) -> str:
+        """Hash: video id -> JSON record (top-5, fingerprint, worker, timings) of one model.
 
+        Per model, so that changing the weights or the category list never mixes two models' results.
+        """
+        return self._key("predictions", model_id)
 
-def counts(model_id: str) -> str:
-    """Hash: category -> number of videos whose top-1 it is, under one model."""
-    return f"{PREFIX}:counts:{model_id}"
+    def counts(self, model_id: str) -> str:
+        """Hash: category -> number of videos whose top-1 it is, under one model."""
+        return self._key("counts", model_id)
 
+    def recent(self) -> str:
+        """Sorted set: video id -> Redis time its outcome (counted or failed) was recorded.
 
-def recent() -> str:
-    """Sorted set: video key -> Redis time its outcome (counted or failed) was recorded.
+        Holds the last ``settings.RECENT_WINDOW_S`` only; ``aggregator status`` derives throughput from it.
+        """
+        return self._key("recent")
 
-    Holds the last ``settings.RECENT_WINDOW_S`` only; ``aggregator status`` derives throughput from it.
-    """
-    return f"{PREFIX}:recent"
+    def failed(self) -> str:
+        """Hash: video id -> JSON (fingerprint, error, attempts) for videos that could not be classified."""
+        return self._key("failed")
 
+    def outbox(self) -> str:
+        """Hash: video id -> JSON outcome a consumer published and the aggregator has not recorded yet.
 
-def failed() -> str:
-    """Hash: video key -> JSON (fingerprint, error, attempts) for videos that could not be classified."""
-    return f"{PREFIX}:failed"
+        Written before the message goes on the lithops Queue and cleared by the ledger when it is
+        recorded, so a message popped by an aggregator that then died is recovered from here.
+        """
+        return self._key("outbox")
 
+    def dead_letters(self) -> str:
+        """Hash: message id -> JSON (reason, payload excerpt, received_at) of results-queue messages
+        the aggregator could not read; kept for a person to look at, never retried."""
+        return self._key("dead-letters")
 
-def outbox() -> str:
-    """Hash: video key -> JSON outcome a consumer published and the aggregator has not recorded yet.
+    def stop_consumers(self) -> str:
+        """String, set by ``consumer stop``: consumers finish their video and exit; none is relaunched."""
+        return self._key("consumers", "stop")
 
-    Written before the message goes on the lithops Queue and cleared by the ledger when it is
-    recorded, so a message popped by an aggregator that then died is recovered from here.
-    """
-    return f"{PREFIX}:outbox"
+    def results_list(self) -> str:
+        """List: the lithops Queue consumers publish outcomes on and aggregators drain.
 
-
-def results_queue() -> str:
-    """String: the pickled handle of the lithops.multiprocessing.Queue consumers publish on."""
-    return f"{PREFIX}:results-queue"
-
-
-def stop_consumers() -> str:
-    """String, set by ``consumer stop``: consumers finish their video and exit; none is relaunched."""
-    return f"{PREFIX}:consumers:stop"
+        Lithops names a queue's list ``redislist-a-<id>``; the id is this namespace's, so every
+        process finds the queue by name and binds it to its own Redis connection.
+        """
+        reader_handle, _ = get_handle_pair(REDIS_LIST_CONN, from_id=self._key("results"))
+        return reader_handle

@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from . import keys
 from .errors import ConfigError
+from .keys import Keys
 from .settings import RECENT_WINDOW_S
 
 
@@ -85,19 +85,17 @@ return 1
 """
 )
 
-_SETTLE_KEYS = (keys.seen, keys.outbox, keys.pending)
-
-
-def _run(client: redis.Redis, source: str, extra_keys: list[str], args: list[Any]) -> Outcome:
+def _run(client: redis.Redis, keys: Keys, source: str, extra_keys: list[str], args: list[Any]) -> Outcome:
     script = client.register_script(source)
-    return Outcome(int(script(keys=[key() for key in _SETTLE_KEYS] + extra_keys, args=args)))
+    return Outcome(int(script(keys=[keys.seen(), keys.outbox(), keys.pending(), *extra_keys], args=args)))
 
 
-def record_prediction(client: redis.Redis, record: dict[str, Any]) -> Outcome:
+def record_prediction(client: redis.Redis, keys: Keys, record: dict[str, Any]) -> Outcome:
     """Count ``record`` (a prediction dict with video, fingerprint, top5, model_id) once, under its model."""
     model_id = record["model_id"]
     return _run(
         client,
+        keys,
         _RECORD_PREDICTION,
         [keys.predictions(model_id), keys.counts(model_id), keys.failed(), keys.models(), keys.recent()],
         [record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record), model_id, RECENT_WINDOW_S],
@@ -117,33 +115,36 @@ def failure_record(
     }
 
 
-def record_failure(client: redis.Redis, record: dict[str, Any]) -> Outcome:
+def record_failure(client: redis.Redis, keys: Keys, record: dict[str, Any]) -> Outcome:
     """Mark a video failed with its error (a :func:`failure_record`) unless this very version was
     counted by the failing model (the current one when the record does not say)."""
-    model_id = record.get("model_id") or current_model(client) or ""
+    model_id = record.get("model_id") or current_model(client, keys) or ""
     return _run(
         client,
+        keys,
         _RECORD_FAILURE,
         [keys.predictions(model_id), keys.failed(), keys.recent()],
         [record["video"], record["fingerprint"], json.dumps(record), RECENT_WINDOW_S],
     )
 
 
-def record(client: redis.Redis, message: dict[str, Any]) -> Outcome:
+def record(client: redis.Redis, keys: Keys, message: dict[str, Any]) -> Outcome:
     """Record one outcome a consumer published: a prediction or a failure."""
     if message.get("outcome") == "failed":
-        return record_failure(client, message)
-    return record_prediction(client, message)
+        return record_failure(client, keys, message)
+    return record_prediction(client, keys, message)
 
 
-def publish(client: redis.Redis, results: Any, message: dict[str, Any]) -> None:
-    """Hand an outcome to the aggregator: first to the outbox (durable until recorded), then the queue."""
+def stage_in_outbox(client: redis.Redis, keys: Keys, message: dict[str, Any]) -> dict[str, Any]:
+    """Leave an outcome in the outbox (durable until recorded); returns it stamped with the time."""
     message = {**message, "published_at": time.time()}
     client.hset(keys.outbox(), message["video"], json.dumps(message))
-    results.put(message)
+    return message
 
 
-def unrecorded_outcomes(client: redis.Redis, older_than_s: float, now: float | None = None) -> Iterator[dict[str, Any]]:
+def unrecorded_outcomes(
+    client: redis.Redis, keys: Keys, older_than_s: float, now: float | None = None
+) -> Iterator[dict[str, Any]]:
     """Outbox entries published more than ``older_than_s`` ago and still not recorded."""
     cutoff = (time.time() if now is None else now) - older_than_s
     for _, raw in client.hscan_iter(keys.outbox(), count=500):
@@ -152,26 +153,26 @@ def unrecorded_outcomes(client: redis.Redis, older_than_s: float, now: float | N
             yield message
 
 
-def counts(client: redis.Redis, model_id: str) -> dict[str, int]:
+def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:
     return {name.decode(): int(value) for name, value in client.hgetall(keys.counts(model_id)).items()}
 
 
-def known_models(client: redis.Redis) -> list[str]:
+def known_models(client: redis.Redis, keys: Keys) -> list[str]:
     """Every model that has counted a video, the current (most recently used) one first."""
     return [model_id.decode() for model_id in client.zrevrange(keys.models(), 0, -1)]
 
 
-def current_model(client: redis.Redis) -> str | None:
+def current_model(client: redis.Redis, keys: Keys) -> str | None:
     latest = client.zrevrange(keys.models(), 0, 0)
     return latest[0].decode() if latest else None
 
 
-def resolve_model(client: redis.Redis, requested: str | None) -> str | None:
+def resolve_model(client: redis.Redis, keys: Keys, requested: str | None) -> str | None:
     """The model id ``requested`` names (in full, or by a prefix that fits only one), else the
     current model; ``None`` when nothing has been counted yet."""
     if requested is None:
-        return current_model(client)
-    models = known_models(client)
+        return current_model(client, keys)
+    models = known_models(client, keys)
     if requested in models:
         return requested
     matches = [model_id for model_id in models if model_id.startswith(requested)]
@@ -186,5 +187,5 @@ def sorted_counts(counts_by_category: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(counts_by_category.items(), key=lambda item: (-item[1], item[0]))
 
 
-def pending_count(client: redis.Redis) -> int:
+def pending_count(client: redis.Redis, keys: Keys) -> int:
     return int(client.hlen(keys.pending()))

@@ -1,30 +1,22 @@
-"""The Lithops configuration every stage uses, and the results queue they share.
+"""The Lithops configuration every stage uses (the results queue lives in ``results``).
 
 The user's own Lithops config (``LITHOPS_CONFIG_FILE``, ``~/.lithops/config``) is honoured;
 what it leaves out defaults to localhost compute and storage with the current interpreter as
 runtime (Lithops' default name ``python`` can find another interpreter). The ``redis``
-section always comes from ``MOMENTS_REDIS_URL``, so that the lithops Queue and the rest of
-the pipeline can never talk to two different servers.
+section always comes from ``MOMENTS_REDIS_URL``.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import json
 import logging
-import os
 import sys
 from typing import Any
 
-import cloudpickle
 import lithops
 import lithops.config
-import redis
-from lithops.multiprocessing import Queue
-from lithops.multiprocessing import config as mp_config
 
-from . import keys
 from .redis_conn import lithops_redis_section
 from .settings import Settings
 
@@ -68,28 +60,3 @@ def backend_time_limit_s(config: dict) -> int | None:
 
 def storage(settings: Settings) -> lithops.Storage:
     return lithops.Storage(config=lithops_config(settings))
-
-
-def export_for_multiprocessing(config: dict, results_ttl_s: int) -> None:
-    """Point lithops.multiprocessing at our Redis (it reads LITHOPS_CONFIG) and lengthen key expiry."""
-    os.environ["LITHOPS_CONFIG"] = json.dumps(config)
-    mp_config.set_parameter(mp_config.REDIS_EXPIRY_TIME, results_ttl_s)
-
-
-def results_queue(client: redis.Redis, settings: Settings) -> Queue:
-    """The one lithops Queue that consumers publish on and the aggregator drains.
-
-    Lithops names a Queue randomly and deletes its keys when its creator's last reference
-    goes; ours must outlive any single process, so it is created once, marked ``managed``
-    (no reference counting) and its pickled handle kept in Redis for every later process.
-    The handle holds the Redis connection parameters, which Redis itself already knows.
-    """
-    export_for_multiprocessing(lithops_config(settings), settings.results_ttl_s)
-    stored = client.get(keys.results_queue())
-    if stored is None:
-        queue = Queue()
-        queue._ref.managed = True
-        if client.set(keys.results_queue(), cloudpickle.dumps(queue), nx=True):
-            return queue
-        stored = client.get(keys.results_queue())
-    return cloudpickle.loads(stored)

@@ -1,4 +1,10 @@
-"""The rq queue of videos: how a video becomes a job (producer, requeue) and where workers pull."""
+"""The rq queue of videos: how a video becomes a job (producer, requeue) and where workers pull.
+
+Jobs are serialised as JSON (rq's ``JSONSerializer``), not rq's default pickle: a job is plain
+data (a function path and strings), and nothing the project reads back from Redis can run code.
+Every rq object that reads jobs (queues, workers, registries, ``Job.fetch``) must be given
+:data:`JOB_SERIALIZER`; ``rq info`` needs ``--serializer rq.serializers.JSONSerializer`` to show them.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,26 @@ from collections.abc import Iterable
 
 import redis
 from rq import Callback, Queue, Retry
+from rq.serializers import JSONSerializer
 
-from . import keys
 from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, Settings
 
 # Failed jobs stay in rq's failed registry (``rq info``) this long.
 FAILURE_TTL_S = 30 * 24 * 3600
+JOB_SERIALIZER = JSONSerializer
 
 
 def video_queue(client: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=client, default_timeout=settings.job_timeout_s)
+    return Queue(
+        settings.queue_name, connection=client, default_timeout=settings.job_timeout_s, serializer=JOB_SERIALIZER
+    )
 
 
 def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, str]) -> None:
     """Mark ``videos`` (key -> fingerprint) seen and pending and enqueue one job each, atomically."""
     if not videos:
         return
+    keys = settings.keys
     queue = video_queue(client, settings)
     retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
     jobs = [
@@ -44,9 +54,10 @@ def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, st
         pipe.execute()
 
 
-def failures(client: redis.Redis) -> list[dict]:
+def failures(client: redis.Redis, settings: Settings) -> list[dict]:
     """Every failed video's record (video, fingerprint, error, worker), sorted by key."""
-    return sorted((json.loads(raw) for raw in client.hvals(keys.failed())), key=lambda record: record["video"])
+    records = (json.loads(raw) for raw in client.hvals(settings.keys.failed()))
+    return sorted(records, key=lambda record: record["video"])
 
 
 def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str] | None = None) -> list[str]:
@@ -54,7 +65,8 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
 
     Their rq jobs leave rq's failed registry, so ``rq info`` and ``consumer failures`` agree.
     """
-    records = {record["video"]: record for record in failures(client)}
+    keys = settings.keys
+    records = {record["video"]: record for record in failures(client, settings)}
     chosen = list(records) if videos is None else [video for video in videos if video in records]
     if not chosen:
         return []
@@ -64,7 +76,7 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
         for video, seen in zip(chosen, latest, strict=True)
     }
     registry = video_queue(client, settings).failed_job_registry
-    for job in registry.job_class.fetch_many(registry.get_job_ids(), connection=client):
+    for job in registry.job_class.fetch_many(registry.get_job_ids(), connection=client, serializer=JOB_SERIALIZER):
         if job is not None and job.args and job.args[0] in fingerprints:
             registry.remove(job, delete_job=True)
     client.hdel(keys.failed(), *chosen)

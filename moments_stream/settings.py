@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .keys import DEFAULT_NAMESPACE, Keys
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,9 @@ DEFAULT_BUCKET = "moments-stream"
 DEFAULT_VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
 # Refuse to download or decode absurd inputs rather than exhausting a function's memory.
 DEFAULT_MAX_VIDEO_BYTES = 2 * 1024**3
-# The queue of keys that consumers pull from (an rq queue, so `rq info` shows it).
-DEFAULT_QUEUE_NAME = "moments-videos"
+# The queue of videos that consumers pull from (an rq queue, so `rq info` shows it): named after
+# the namespace, ``<namespace>-videos``, unless MOMENTS_QUEUE names another.
+QUEUE_NAME_SUFFIX = "-videos"
 DEFAULT_WORKERS = 1
 # Lithops localhost kills a function after execution_timeout (default 3600 s); consumers
 # stop taking new videos this long before their backend's limit.
@@ -134,7 +137,8 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     embedded_redis: bool = True
     bucket: str = DEFAULT_BUCKET
-    queue_name: str = DEFAULT_QUEUE_NAME
+    namespace: str = DEFAULT_NAMESPACE
+    queue: str | None = None
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S
     job_retries: int = DEFAULT_JOB_RETRIES
@@ -163,7 +167,8 @@ class Settings:
             redis_url=env.get("MOMENTS_REDIS_URL", DEFAULT_REDIS_URL),
             embedded_redis=env.get("MOMENTS_EMBEDDED_REDIS", "1") not in ("0", "false", "no"),
             bucket=env.get("MOMENTS_BUCKET", DEFAULT_BUCKET),
-            queue_name=env.get("MOMENTS_QUEUE", DEFAULT_QUEUE_NAME),
+            namespace=env.get("MOMENTS_NAMESPACE") or DEFAULT_NAMESPACE,
+            queue=env.get("MOMENTS_QUEUE") or None,
             max_video_bytes=_int(env, "MOMENTS_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
             job_timeout_s=_int(env, "MOMENTS_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
             job_retries=_int(env, "MOMENTS_JOB_RETRIES", DEFAULT_JOB_RETRIES),
@@ -190,9 +195,24 @@ class Settings:
             raise ConfigError(f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}")
         if self.num_frames < 1:
             raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.namespace):
+            raise ConfigError(
+                f"namespace {self.namespace!r} is not a plain name",
+                fix="set MOMENTS_NAMESPACE to letters, digits, '.', '_' or '-' (at most 64), e.g. moments",
+            )
         if self.consumer_lease_s < 3:
             raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self
+
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names of this pipeline's namespace."""
+        return Keys(self.namespace)
+
+    @property
+    def queue_name(self) -> str:
+        """The rq queue of videos: ``MOMENTS_QUEUE``, else ``<namespace>-videos``."""
+        return self.queue or f"{self.namespace}{QUEUE_NAME_SUFFIX}"
 
     @property
     def release(self) -> ModelRelease:

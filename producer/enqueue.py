@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
-from moments_stream import keys
+from moments_stream.keys import Keys
 from moments_stream.queues import enqueue_videos
 from moments_stream.redis_conn import connect
 from moments_stream.settings import Settings
@@ -36,7 +36,7 @@ class EnqueueReport:
         self.ignored += other.ignored
 
 
-def new_objects(client: redis.Redis, batch: list[StoredObject]) -> list[StoredObject]:
+def new_objects(client: redis.Redis, keys: Keys, batch: list[StoredObject]) -> list[StoredObject]:
     """Those of ``batch`` whose fingerprint differs from the one enqueued last time."""
     known = client.hmget(keys.seen(), [item.key for item in batch])
     return [item for item, seen in zip(batch, known, strict=True) if seen is None or seen.decode() != item.fingerprint]
@@ -74,7 +74,7 @@ def _enqueue_batch(
 ) -> None:
     if not batch:
         return
-    fresh = batch if reclassify else new_objects(client, batch)
+    fresh = batch if reclassify else new_objects(client, writer.settings.keys, batch)
     report.skipped += len(batch) - len(fresh)
     writer.write(client, {item.key: item.fingerprint for item in fresh})
     report.enqueued += len(fresh)

@@ -24,6 +24,7 @@ import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 from rq import Worker
 
+from moments_stream.queues import JOB_SERIALIZER
 from tests.media import synthetic_frames, write_h264
 from tests.pipeline import (
     client_for,
@@ -104,7 +105,7 @@ def start_pipeline(env: dict[str, str], folder: Path, seeds: range) -> RunningPi
 
 
 def busy_worker(client: redis.Redis, exclude: set[str]) -> Worker | None:
-    for worker in Worker.all(connection=client):
+    for worker in Worker.all(connection=client, serializer=JOB_SERIALIZER):
         if worker.name not in exclude and worker.get_state() == "busy" and worker.get_current_job_id():
             return worker
     return None
@@ -161,7 +162,7 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
 
 
 def worker_busy_with(client: redis.Redis, video: str, exclude: set[str]) -> Worker | None:
-    for worker in Worker.all(connection=client):
+    for worker in Worker.all(connection=client, serializer=JOB_SERIALIZER):
         job = worker.get_current_job() if worker.name not in exclude and worker.get_state() == "busy" else None
         if job is not None and job.args and job.args[0] == video:
             return worker
@@ -197,11 +198,11 @@ def test_video_that_kills_its_consumer_on_every_attempt_is_recorded_failed(env: 
 
 STEAL_ONE_MESSAGE = """
 import json
-from moments_stream.lithops_env import results_queue
 from moments_stream.redis_conn import connect
+from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
 settings = Settings.from_env()
-print(json.dumps(results_queue(connect(settings.redis_url), settings).get(timeout=120)))
+print(open_results_queue(connect(settings.redis_url), settings).get(timeout=120))
 """
 
 

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
 
 import pytest
 import redis
 
 from aggregator.drain import drain
-from moments_stream import keys, ledger
+from moments_stream import ledger, results
 from moments_stream.errors import ConfigError
+from moments_stream.keys import Keys
 from moments_stream.ledger import Outcome
 
 RECORDED, DUPLICATE, STALE = Outcome.RECORDED, Outcome.DUPLICATE, Outcome.STALE
 
 
+KEYS = Keys()
 MODEL = "v1-aaaaaaaaaaaa-11111111"
 OTHER_MODEL = "v1-bbbbbbbbbbbb-11111111"
 
 
 def prediction(video: str, top1: str, fingerprint: str = "10:1", model_id: str = MODEL) -> dict:
-    return {"video": video, "fingerprint": fingerprint, "top5": [[top1, 0.9], ["other", 0.1]], "model_id": model_id}
+    top5 = [[top1, 0.9], ["other", 0.1]]
+    return {"outcome": "counted", "video": video, "fingerprint": fingerprint, "top5": top5, "model_id": model_id}
 
 
 def failure(video: str, fingerprint: str, error: str) -> dict:
@@ -30,144 +31,145 @@ def failure(video: str, fingerprint: str, error: str) -> dict:
 
 
 def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Redis) -> None:
-    redis_client.hset(keys.pending(), "a.mp4", "10:1")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is RECORDED
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling")) is DUPLICATE
-    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
-    assert ledger.pending_count(redis_client) == 0
-    assert json.loads(redis_client.hget(keys.predictions(MODEL), "a.mp4"))["top5"][0][0] == "juggling"
+    redis_client.hset(KEYS.pending(), "a.mp4", "10:1")
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling")) is RECORDED
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling")) is DUPLICATE
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1}
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert json.loads(redis_client.hget(KEYS.predictions(MODEL), "a.mp4"))["top5"][0][0] == "juggling"
 
 
 def test_replaced_file_moves_its_count(redis_client: redis.Redis) -> None:
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
-    ledger.record_prediction(redis_client, prediction("b.mp4", "juggling", "10:1"))
-    redis_client.hset(keys.pending(), "a.mp4", "12:2")
-    redis_client.hset(keys.seen(), "a.mp4", "12:2")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "12:2")) is RECORDED
-    assert ledger.counts(redis_client, MODEL) == {"juggling": 1, "running": 1}
-    assert ledger.pending_count(redis_client) == 0
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "10:1"))
+    ledger.record_prediction(redis_client, KEYS, prediction("b.mp4", "juggling", "10:1"))
+    redis_client.hset(KEYS.pending(), "a.mp4", "12:2")
+    redis_client.hset(KEYS.seen(), "a.mp4", "12:2")
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "running", "12:2")) is RECORDED
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1, "running": 1}
+    assert ledger.pending_count(redis_client, KEYS) == 0
 
 
 def test_count_reaching_zero_leaves_the_table(redis_client: redis.Redis) -> None:
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1"))
-    ledger.record_prediction(redis_client, prediction("a.mp4", "running", "2:2"))
-    assert ledger.counts(redis_client, MODEL) == {"running": 1}
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "1:1"))
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "running", "2:2"))
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"running": 1}
 
 
 def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) -> None:
     # The file was replaced (2:2 enqueued) and its new prediction recorded before the old
     # version's delayed message arrived: the old one must not win.
-    redis_client.hset(keys.seen(), "a.mp4", "2:2")
-    redis_client.hset(keys.pending(), "a.mp4", "2:2")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", "2:2")) is RECORDED
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
-    assert ledger.record_failure(redis_client, failure("a.mp4", "1:1", "old attempt")) is STALE
-    assert ledger.counts(redis_client, MODEL) == {"running": 1}
-    assert redis_client.hlen(keys.failed()) == 0
+    redis_client.hset(KEYS.seen(), "a.mp4", "2:2")
+    redis_client.hset(KEYS.pending(), "a.mp4", "2:2")
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "running", "2:2")) is RECORDED
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "1:1")) is STALE
+    assert ledger.record_failure(redis_client, KEYS, failure("a.mp4", "1:1", "old attempt")) is STALE
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"running": 1}
+    assert redis_client.hlen(KEYS.failed()) == 0
 
 
 def test_stale_outcome_leaves_the_newer_version_pending(redis_client: redis.Redis) -> None:
-    redis_client.hset(keys.seen(), "a.mp4", "2:2")
-    redis_client.hset(keys.pending(), "a.mp4", "2:2")
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "1:1")) is STALE
-    assert redis_client.hget(keys.pending(), "a.mp4") == b"2:2"
-    assert ledger.counts(redis_client, MODEL) == {}
+    redis_client.hset(KEYS.seen(), "a.mp4", "2:2")
+    redis_client.hset(KEYS.pending(), "a.mp4", "2:2")
+    assert ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "1:1")) is STALE
+    assert redis_client.hget(KEYS.pending(), "a.mp4") == b"2:2"
+    assert ledger.counts(redis_client, KEYS, MODEL) == {}
 
 
 def test_failure_recorded_and_pending_cleared(redis_client: redis.Redis) -> None:
-    redis_client.hset(keys.pending(), "bad.mp4", "3:1")
-    assert ledger.record_failure(redis_client, failure("bad.mp4", "3:1", "cannot decode")) is RECORDED
-    assert json.loads(redis_client.hget(keys.failed(), "bad.mp4"))["error"] == "cannot decode"
-    assert ledger.pending_count(redis_client) == 0
+    redis_client.hset(KEYS.pending(), "bad.mp4", "3:1")
+    assert ledger.record_failure(redis_client, KEYS, failure("bad.mp4", "3:1", "cannot decode")) is RECORDED
+    assert json.loads(redis_client.hget(KEYS.failed(), "bad.mp4"))["error"] == "cannot decode"
+    assert ledger.pending_count(redis_client, KEYS) == 0
 
 
 def test_failure_after_success_of_same_version_is_ignored(redis_client: redis.Redis) -> None:
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
-    assert ledger.record_failure(redis_client, failure("a.mp4", "10:1", "late attempt failed")) is DUPLICATE
-    assert redis_client.hlen(keys.failed()) == 0
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "10:1"))
+    assert ledger.record_failure(redis_client, KEYS, failure("a.mp4", "10:1", "late attempt failed")) is DUPLICATE
+    assert redis_client.hlen(KEYS.failed()) == 0
 
 
 def test_success_after_failure_clears_the_failure(redis_client: redis.Redis) -> None:
-    ledger.record_failure(redis_client, failure("a.mp4", "10:1", "transient"))
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling", "10:1"))
-    assert redis_client.hlen(keys.failed()) == 0
-    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
+    ledger.record_failure(redis_client, KEYS, failure("a.mp4", "10:1", "transient"))
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling", "10:1"))
+    assert redis_client.hlen(KEYS.failed()) == 0
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1}
 
 
 def test_each_model_counts_on_its_own(redis_client: redis.Redis) -> None:
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
-    ledger.record_prediction(redis_client, prediction("b.mp4", "juggling"))
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling"))
+    ledger.record_prediction(redis_client, KEYS, prediction("b.mp4", "juggling"))
     # The same version classified again by other weights is that model's first result, not a duplicate.
-    assert ledger.record_prediction(redis_client, prediction("a.mp4", "running", model_id=OTHER_MODEL)) is RECORDED
-    assert ledger.counts(redis_client, MODEL) == {"juggling": 2}
-    assert ledger.counts(redis_client, OTHER_MODEL) == {"running": 1}
-    assert ledger.known_models(redis_client) == [OTHER_MODEL, MODEL]
-    assert ledger.resolve_model(redis_client, None) == OTHER_MODEL
-    assert ledger.resolve_model(redis_client, "v1-aaa") == MODEL
+    other = prediction("a.mp4", "running", model_id=OTHER_MODEL)
+    assert ledger.record_prediction(redis_client, KEYS, other) is RECORDED
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 2}
+    assert ledger.counts(redis_client, KEYS, OTHER_MODEL) == {"running": 1}
+    assert ledger.known_models(redis_client, KEYS) == [OTHER_MODEL, MODEL]
+    assert ledger.resolve_model(redis_client, KEYS, None) == OTHER_MODEL
+    assert ledger.resolve_model(redis_client, KEYS, "v1-aaa") == MODEL
 
 
 def test_unknown_or_ambiguous_model_names_the_known_ones(redis_client: redis.Redis) -> None:
-    assert ledger.resolve_model(redis_client, None) is None  # nothing counted yet
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
-    ledger.record_prediction(redis_client, prediction("a.mp4", "running", model_id=OTHER_MODEL))
+    assert ledger.resolve_model(redis_client, KEYS, None) is None  # nothing counted yet
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling"))
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "running", model_id=OTHER_MODEL))
     for requested, problem in (("v2", "is not a model"), ("v1-", "matches several")):
         with pytest.raises(ConfigError) as raised:
-            ledger.resolve_model(redis_client, requested)
+            ledger.resolve_model(redis_client, KEYS, requested)
         assert problem in raised.value.message and MODEL in raised.value.fix and OTHER_MODEL in raised.value.fix
 
 
 def test_finishes_are_stamped_with_redis_time_and_trimmed(redis_client: redis.Redis) -> None:
-    redis_client.zadd(keys.recent(), {"long-ago.mp4": 1.0})
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))
-    ledger.record_failure(redis_client, failure("bad.mp4", "3:1", "cannot decode"))
-    ledger.record_prediction(redis_client, prediction("a.mp4", "juggling"))  # duplicate: not a new finish
+    redis_client.zadd(KEYS.recent(), {"long-ago.mp4": 1.0})
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling"))
+    ledger.record_failure(redis_client, KEYS, failure("bad.mp4", "3:1", "cannot decode"))
+    ledger.record_prediction(redis_client, KEYS, prediction("a.mp4", "juggling"))  # duplicate: not a new finish
     seconds, micros = redis_client.time()
     stamps = dict(
-        (video.decode(), score) for video, score in redis_client.zrange(keys.recent(), 0, -1, withscores=True)
+        (video.decode(), score) for video, score in redis_client.zrange(KEYS.recent(), 0, -1, withscores=True)
     )
     assert set(stamps) == {"a.mp4", "bad.mp4"}
     assert all(abs(seconds + micros / 1e6 - stamp) < 5 for stamp in stamps.values())
 
 
-class DroppingQueue:
-    """Stands in for a queue whose message was popped by an aggregator that died: nothing arrives."""
+def results_queue(client: redis.Redis):
+    return results.bind_results_queue(client, KEYS, expiry_s=3600)
 
-    def put(self, message: dict) -> None:
-        pass
 
-    def get(self, timeout: float) -> dict:
-        threading.Event().wait(timeout)
-        raise queue.Empty
+def lose_queued_messages(client: redis.Redis) -> None:
+    """What an aggregator that popped every message and then died leaves behind: an empty queue."""
+    client.delete(KEYS.results_list())
 
 
 def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: redis.Redis) -> None:
-    redis_client.hset(keys.pending(), "a.mp4", "10:1")
-    redis_client.hset(keys.pending(), "bad.mp4", "3:1")
-    lost = DroppingQueue()
-    ledger.publish(redis_client, lost, prediction("a.mp4", "juggling"))
-    ledger.publish(redis_client, lost, failure("bad.mp4", "3:1", "cannot decode"))
-    assert redis_client.hlen(keys.outbox()) == 2
+    redis_client.hset(KEYS.pending(), "a.mp4", "10:1")
+    redis_client.hset(KEYS.pending(), "bad.mp4", "3:1")
+    queue = results_queue(redis_client)
+    results.publish(redis_client, KEYS, queue, prediction("a.mp4", "juggling"))
+    results.publish(redis_client, KEYS, queue, failure("bad.mp4", "3:1", "cannot decode"))
+    lose_queued_messages(redis_client)
+    assert redis_client.hlen(KEYS.outbox()) == 2
 
-    report = drain(redis_client, lost, idle_exit_s=0.5, poll_s=0.1, recover_after_s=0)
+    report = drain(redis_client, KEYS, queue, idle_exit_s=0.5, poll_s=0.1, recover_after_s=0)
 
     assert (report.recovered, report.counted, report.failed) == (2, 1, 1)
-    assert ledger.counts(redis_client, MODEL) == {"juggling": 1}
-    assert ledger.pending_count(redis_client) == 0
-    assert redis_client.hlen(keys.outbox()) == 0
+    assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1}
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert redis_client.hlen(KEYS.outbox()) == 0
 
 
 def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: redis.Redis) -> None:
-    delivered: queue.Queue = queue.Queue()
-    ledger.publish(redis_client, delivered, prediction("a.mp4", "juggling"))
-    ledger.record(redis_client, delivered.get_nowait())
-    assert redis_client.hlen(keys.outbox()) == 0
-    assert list(ledger.unrecorded_outcomes(redis_client, older_than_s=0)) == []
+    queue = results_queue(redis_client)
+    results.publish(redis_client, KEYS, queue, prediction("a.mp4", "juggling"))
+    report = drain(redis_client, KEYS, queue, idle_exit_s=0.5, poll_s=0.1, recover_after_s=3600)
+    assert (report.counted, report.recovered) == (1, 0)
+    assert redis_client.hlen(KEYS.outbox()) == 0
+    assert list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0)) == []
 
 
 def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis) -> None:
-    ledger.publish(redis_client, DroppingQueue(), prediction("a.mp4", "juggling"))
-    assert list(ledger.unrecorded_outcomes(redis_client, older_than_s=60)) == []
-    assert [m["video"] for m in ledger.unrecorded_outcomes(redis_client, older_than_s=0)] == ["a.mp4"]
+    results.publish(redis_client, KEYS, results_queue(redis_client), prediction("a.mp4", "juggling"))
+    assert list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=60)) == []
+    assert [m["video"] for m in ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0)] == ["a.mp4"]
 
 
 def test_sorted_counts() -> None:

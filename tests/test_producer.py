@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
 from consumer.jobs import safe_local_name
-from moments_stream import keys
 from moments_stream.errors import ConfigError, RedisUnavailableError
+from moments_stream.keys import Keys
 from moments_stream.queues import video_queue
 from moments_stream.redis_conn import connect, lithops_redis_section, redact
 from moments_stream.settings import Settings
@@ -75,9 +76,12 @@ def test_enqueue_only_new_or_replaced(redis_client: redis.Redis, redis_url: str)
     replaced = [StoredObject("v/0.mp4", 11, "2"), StoredObject("v/9.mp4", 10, "1"), *objects[1:]]
     third = enqueue_objects(redis_client, settings, replaced)
     assert (third.enqueued, third.skipped) == (2, 4)
-    assert redis_client.hget(keys.pending(), "v/0.mp4") == b"11:2"
+    assert redis_client.hget(Keys().pending(), "v/0.mp4") == b"11:2"
     job = video_queue(redis_client, settings).jobs[0]
-    assert job.func_name == "consumer.jobs.classify_video" and job.args == ("v/0.mp4", "10:1")
+    assert job.func_name == "consumer.jobs.classify_video" and job.args == ["v/0.mp4", "10:1"]
+    # Jobs are plain JSON in Redis (rq's JSONSerializer), never a pickle that could run code on load.
+    stored = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.id}", "data")))  # rq zlib-compresses it
+    assert stored == ["consumer.jobs.classify_video", None, ["v/0.mp4", "10:1"], {}]
 
 
 def test_large_listings_are_written_by_worker_processes_exactly_once(redis_client: redis.Redis, redis_url: str) -> None:
@@ -88,7 +92,7 @@ def test_large_listings_are_written_by_worker_processes_exactly_once(redis_clien
     queue = video_queue(redis_client, settings)
     assert len(queue) == 3500
     assert sorted(job.args[0] for job in queue.jobs) == [item.key for item in objects]
-    assert redis_client.hlen(keys.pending()) == redis_client.hlen(keys.seen()) == 3500
+    assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 3500
     again = enqueue_objects(redis_client, settings, objects, processes=2)
     assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500
     with BatchWriter(settings, processes=2) as writer:

@@ -16,7 +16,8 @@ from rq import SimpleWorker
 from aggregator.export import COLUMNS, export_row, export_rows, write_rows
 from aggregator.status import eta_seconds, format_status, status_document
 from moments_stream import ledger
-from moments_stream.queues import enqueue_videos, video_queue
+from moments_stream.keys import Keys
+from moments_stream.queues import JOB_SERIALIZER, enqueue_videos, video_queue
 from moments_stream.settings import Settings
 
 MODEL = "v1-aaaaaaaaaaaa-11111111"
@@ -36,15 +37,15 @@ def settings(redis_url: str) -> Settings:
 
 def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, settings: Settings) -> None:
     enqueue_videos(redis_client, settings, {f"v/{i}.mp4": "1:1" for i in range(6)})
-    ledger.record_prediction(redis_client, prediction("v/0.mp4", "juggling"))
-    ledger.record_failure(redis_client, ledger.failure_record("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
+    ledger.record_prediction(redis_client, Keys(), prediction("v/0.mp4", "juggling"))
+    ledger.record_failure(redis_client, Keys(), ledger.failure_record("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
     queue = video_queue(redis_client, settings)
     # A consumer takes a video exactly as rq does: dequeue, then an execution in the started registry.
-    busy = SimpleWorker([queue], connection=redis_client, name="busy-consumer")
+    busy = SimpleWorker([queue], connection=redis_client, name="busy-consumer", serializer=JOB_SERIALIZER)
     busy.register_birth()
-    job, _ = queue.dequeue_any([queue], timeout=None, connection=redis_client)
+    job, _ = queue.dequeue_any([queue], timeout=None, connection=redis_client, serializer=JOB_SERIALIZER)
     busy.prepare_execution(job)
-    dead = SimpleWorker([queue], connection=redis_client, name="dead-consumer")
+    dead = SimpleWorker([queue], connection=redis_client, name="dead-consumer", serializer=JOB_SERIALIZER)
     dead.register_birth()
     redis_client.delete(dead.key)  # its lease lapsed
 
@@ -80,25 +81,25 @@ def test_eta() -> None:
 
 
 def test_status_of_a_synthetic_model_says_so(redis_client: redis.Redis, settings: Settings) -> None:
-    ledger.record_prediction(redis_client, prediction("v/0.mp4", "juggling", SYNTHETIC))
+    ledger.record_prediction(redis_client, Keys(), prediction("v/0.mp4", "juggling", SYNTHETIC))
     assert "NOT real predictions" in format_status(status_document(redis_client, settings))
 
 
 def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> None:
     videos = {f"v/{i:04d}.mp4": ("juggling" if i % 3 else "running") for i in range(1200)}
     for video, top1 in videos.items():
-        ledger.record_prediction(redis_client, prediction(video, top1))
-    ledger.record_prediction(redis_client, prediction("v/0000.mp4", "sketching", SYNTHETIC))
-    ledger.record_failure(redis_client, ledger.failure_record("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
+        ledger.record_prediction(redis_client, Keys(), prediction(video, top1))
+    ledger.record_prediction(redis_client, Keys(), prediction("v/0000.mp4", "sketching", SYNTHETIC))
+    ledger.record_failure(redis_client, Keys(), ledger.failure_record("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
 
-    rows = export_rows(redis_client, MODEL)
+    rows = export_rows(redis_client, Keys(), MODEL)
     assert not isinstance(rows, list)
     rows = list(rows)
     assert {row["video"]: row["top1"] for row in rows} == videos  # the other model's row stays out
     assert len(rows) == 1200 and {row["model_id"] for row in rows} == {MODEL}
 
     out = io.StringIO()
-    assert write_rows(export_rows(redis_client, MODEL, include_failed=True), out, "csv") == 1201
+    assert write_rows(export_rows(redis_client, Keys(), MODEL, include_failed=True), out, "csv") == 1201
     parsed = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert list(parsed[0]) == COLUMNS
     failed = [row for row in parsed if row["outcome"] == "failed"]
@@ -108,7 +109,7 @@ def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> Non
     assert float(counted["total_ms"]) == 340.0
 
     out = io.StringIO()
-    write_rows(export_rows(redis_client, SYNTHETIC), out, "jsonl")
+    write_rows(export_rows(redis_client, Keys(), SYNTHETIC), out, "jsonl")
     (line,) = out.getvalue().splitlines()
     assert json.loads(line)["top1"] == "sketching" and json.loads(line)["model_id"] == SYNTHETIC
 

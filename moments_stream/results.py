@@ -1,0 +1,145 @@
+"""The results queue: the ``lithops.multiprocessing.Queue`` outcomes travel on from consumers to
+aggregators, found by name and bound to each process's own Redis connection.
+
+A pickled Lithops Queue carries its creator's Redis connection arguments (``PicklableRedis``
+pickles host, port, password and TLS paths), so a handle shared through Redis would make every
+process talk to the creator's address. Instead the queue's list name is derived from the
+namespace (:meth:`Keys.results_list`) and each process rebuilds the queue around the client it
+connected itself with ``MOMENTS_REDIS_URL``. Messages are JSON text: the only thing unpickled is
+the Lithops message envelope, and a message that is not one of our outcomes goes to the
+dead-letter hash instead of stopping the aggregator.
+
+The Lithops internals this relies on (pinned to lithops 3.8 in pyproject.toml, each checked by
+``tests/test_results_queue.py``): the state tuples of ``Queue`` and of the Redis connection
+``_RedisConnection`` (what unpickling them restores), ``connection.get_handle_pair``/``get_subhandle``
+(how a queue names its list), and the reader's ``recv_bytes_within`` (what ``Queue.get`` reads
+the raw message with, before unpickling it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import redis
+from lithops.multiprocessing import Queue
+from lithops.multiprocessing import config as mp_config
+from lithops.multiprocessing.connection import _RedisConnection, get_subhandle
+from lithops.multiprocessing.util import RemoteReference
+
+from .keys import Keys
+from .ledger import stage_in_outbox
+from .settings import Settings
+
+# Fields every outcome carries; an aggregator records nothing without them.
+REQUIRED_FIELDS = ("video", "fingerprint", "outcome")
+OUTCOMES = ("counted", "failed")
+# How much of an unreadable message the dead-letter entry keeps.
+DEAD_LETTER_EXCERPT = 2000
+
+
+def _pipe_end(client: redis.Redis, handle: str, readable: bool) -> _RedisConnection:
+    """One end of a Lithops Redis-list pipe on ``client``, as unpickling one would restore it."""
+    end = _RedisConnection.__new__(_RedisConnection)
+    end.__setstate__((client, handle, get_subhandle(handle), readable, not readable))
+    return end
+
+
+def bind_results_queue(client: redis.Redis, keys: Keys, expiry_s: int) -> Queue:
+    """The namespace's results queue, talking through ``client`` (this process's own connection).
+
+    ``expiry_s`` replaces Lithops' 1 h expiry of the queue's list after the last put (an
+    aggregator outage may last longer). The queue is not reference-counted (``managed``): it must
+    outlive every process that uses it.
+    """
+    mp_config.set_parameter(mp_config.REDIS_EXPIRY_TIME, expiry_s)
+    reader_handle = keys.results_list()
+    writer_handle = get_subhandle(reader_handle)  # the writer pushes to its subhandle: the reader's list
+    reader = _pipe_end(client, reader_handle, readable=True)
+    writer = _pipe_end(client, writer_handle, readable=False)
+    reference = RemoteReference([reader_handle, writer_handle], managed=True, client=client)
+    queue = Queue.__new__(Queue)
+    queue.__setstate__((0, reader, writer, os.getpid(), reference))
+    return queue
+
+
+def put(queue: Queue, message: dict[str, Any]) -> None:
+    """Publish one outcome as JSON text (plain data: no code travels through the queue)."""
+    queue.put(json.dumps(message))
+
+
+class MalformedMessage(Exception):
+    """A results-queue message that is not an outcome; ``excerpt`` is what arrived, for a person."""
+
+    def __init__(self, reason: str, excerpt: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.excerpt = excerpt[:DEAD_LETTER_EXCERPT]
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """The outcome in one raw queue message, or :class:`MalformedMessage` saying what is wrong."""
+    try:
+        payload = cloudpickle.loads(raw)
+    except Exception as error:
+        raise MalformedMessage(f"not a Lithops queue message ({type(error).__name__}: {error})", repr(raw)) from None
+    if not isinstance(payload, str):
+        raise MalformedMessage(f"payload is a {type(payload).__name__}, not JSON text", repr(payload))
+    try:
+        message = json.loads(payload)
+    except ValueError as error:
+        raise MalformedMessage(f"payload is not JSON ({error})", payload) from None
+    if not isinstance(message, dict):
+        raise MalformedMessage("payload is not a JSON object", payload)
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(message.get(name), str)]
+    if missing:
+        raise MalformedMessage(f"missing or non-text field(s): {', '.join(missing)}", payload)
+    if message["outcome"] not in OUTCOMES:
+        raise MalformedMessage(f"unknown outcome {message['outcome']!r}", payload)
+    counted = message["outcome"] == "counted"
+    if counted and not (_is_top_k(message.get("top5")) and isinstance(message.get("model_id"), str)):
+        raise MalformedMessage("a counted outcome needs top5 [[category, probability], ...] and model_id", payload)
+    return message
+
+
+def _is_top_k(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) for item in value)
+    )
+
+
+def receive(queue: Queue, timeout_s: float) -> bytes | None:
+    """The next raw message, waiting at most ``timeout_s``; ``None`` when none came."""
+    return queue._reader.recv_bytes_within(timeout_s)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    excerpt: str
+    received_at: float
+
+
+def dead_letter(client: redis.Redis, keys: Keys, error: MalformedMessage) -> str:
+    """Keep an unreadable message in the dead-letter hash; returns its entry id."""
+    entry_id = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
+    letter = DeadLetter(error.reason, error.excerpt, time.time())
+    client.hset(keys.dead_letters(), entry_id, json.dumps(letter.__dict__))
+    return entry_id
+
+
+def open_results_queue(client: redis.Redis, settings: Settings) -> Queue:
+    """The results queue of ``settings``' namespace on ``client``, with the configured expiry."""
+    return bind_results_queue(client, settings.keys, settings.results_ttl_s)
+
+
+def publish(client: redis.Redis, keys: Keys, queue: Queue, message: dict[str, Any]) -> None:
+    """Hand an outcome to the aggregator: first to the outbox (durable until recorded), then the queue."""
+    put(queue, stage_in_outbox(client, keys, message))

@@ -28,10 +28,46 @@ def video_queue(client: redis.Redis, settings: Settings) -> Queue:
     )
 
 
-def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, str]) -> None:
-    """Mark ``videos`` (key -> fingerprint) seen and pending and enqueue one job each, atomically."""
+def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, str], only_new: bool = False) -> int:
+    """Mark ``videos`` (key -> fingerprint) seen and pending and enqueue one job each, atomically;
+    returns how many were enqueued.
+
+    With ``only_new``, videos whose fingerprint is already the one last enqueued are left out, and
+    that check is part of the transaction (WATCH on the seen hash, retried when another producer
+    changed it), so producers enqueueing the same prefix at once enqueue each video once.
+    """
     if not videos:
-        return
+        return 0
+    keys = settings.keys
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                chosen = videos
+                if only_new:
+                    pipe.watch(keys.seen())
+                    chosen = _not_seen(pipe, keys.seen(), videos)
+                    if not chosen:
+                        pipe.unwatch()
+                        return 0
+                pipe.multi()
+                _queue_jobs(pipe, client, settings, chosen)
+                pipe.execute()
+                return len(chosen)
+            except redis.WatchError:
+                continue
+
+
+def _not_seen(pipe: redis.client.Pipeline, seen_key: str, videos: dict[str, str]) -> dict[str, str]:
+    known = pipe.hmget(seen_key, list(videos))
+    return {
+        video: fingerprint
+        for (video, fingerprint), seen in zip(videos.items(), known, strict=True)
+        if seen is None or seen.decode() != fingerprint
+    }
+
+
+def _queue_jobs(pipe: redis.client.Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str]) -> None:
+    """Queue on ``pipe`` (in MULTI) the seen/pending marks and one rq job per video."""
     keys = settings.keys
     queue = video_queue(client, settings)
     retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
@@ -47,11 +83,9 @@ def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, st
         )
         for key, fingerprint in videos.items()
     ]
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.seen(), mapping=videos)
-        pipe.hset(keys.pending(), mapping=videos)
-        queue.enqueue_many(jobs, pipeline=pipe)
-        pipe.execute()
+    pipe.hset(keys.seen(), mapping=videos)
+    pipe.hset(keys.pending(), mapping=videos)
+    queue.enqueue_many(jobs, pipeline=pipe)
 
 
 def failures(client: redis.Redis, settings: Settings) -> list[dict]:

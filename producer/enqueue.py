@@ -55,29 +55,30 @@ def enqueue_objects(
     listings spread their batches over ``processes`` worker processes; each batch stays atomic.
     """
     report = EnqueueReport()
-    with BatchWriter(settings, processes) as writer:
+    videos = 0
+    with BatchWriter(settings, processes, only_new=not reclassify) as writer:
         batch: list[StoredObject] = []
         for item in objects:
             if is_video_key(item.key):
                 batch.append(item)
+                videos += 1
             else:
                 report.ignored += 1
             if len(batch) == BATCH:
-                _enqueue_batch(client, writer, batch, report, reclassify)
+                _enqueue_batch(client, writer, batch, reclassify)
                 batch = []
-        _enqueue_batch(client, writer, batch, report, reclassify)
+        _enqueue_batch(client, writer, batch, reclassify)
+    report.enqueued = writer.enqueued
+    report.skipped = videos - writer.enqueued
     return report
 
 
-def _enqueue_batch(
-    client: redis.Redis, writer: BatchWriter, batch: list[StoredObject], report: EnqueueReport, reclassify: bool
-) -> None:
+def _enqueue_batch(client: redis.Redis, writer: BatchWriter, batch: list[StoredObject], reclassify: bool) -> None:
     if not batch:
         return
+    # A cheap read first; the write checks again inside its transaction (another producer may race).
     fresh = batch if reclassify else new_objects(client, writer.settings.keys, batch)
-    report.skipped += len(batch) - len(fresh)
     writer.write(client, {item.key: item.fingerprint for item in fresh})
-    report.enqueued += len(fresh)
 
 
 _worker_client: redis.Redis | None = None
@@ -88,16 +89,19 @@ def _connect_worker(redis_url: str) -> None:
     _worker_client = connect(redis_url)
 
 
-def _write_in_worker(settings: Settings, videos: dict[str, str]) -> None:
+def _write_in_worker(settings: Settings, videos: dict[str, str], only_new: bool) -> int:
     assert _worker_client is not None
-    enqueue_videos(_worker_client, settings, videos)
+    return enqueue_videos(_worker_client, settings, videos, only_new=only_new)
 
 
 class BatchWriter:
-    """Writes batches in this process, or from the second batch on in a pool of forked processes."""
+    """Writes batches in this process, or from the second batch on in a pool of forked processes;
+    ``enqueued`` counts the videos written once every batch is done."""
 
-    def __init__(self, settings: Settings, processes: int) -> None:
+    def __init__(self, settings: Settings, processes: int, only_new: bool) -> None:
         self.settings = settings
+        self.only_new = only_new
+        self.enqueued = 0
         # Forking a process that runs other threads can deadlock it: stay in this process then.
         self.processes = processes if threading.active_count() == 1 else 1
         self.pool: ProcessPoolExecutor | None = None
@@ -109,16 +113,16 @@ class BatchWriter:
         if not videos:
             return
         if self.processes <= 1 or self.batches == 1:
-            enqueue_videos(client, self.settings, videos)
+            self.enqueued += enqueue_videos(client, self.settings, videos, only_new=self.only_new)
             return
         if self.pool is None:
             fork = multiprocessing.get_context("fork")
             self.pool = ProcessPoolExecutor(
                 self.processes, mp_context=fork, initializer=_connect_worker, initargs=(self.settings.redis_url,)
             )
-        self.in_flight.append(self.pool.submit(_write_in_worker, self.settings, videos))
+        self.in_flight.append(self.pool.submit(_write_in_worker, self.settings, videos, self.only_new))
         while len(self.in_flight) > 2 * self.processes:
-            self.in_flight.popleft().result()
+            self.enqueued += self.in_flight.popleft().result()
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -126,7 +130,7 @@ class BatchWriter:
     def __exit__(self, *exc: object) -> None:
         try:
             while self.in_flight:
-                self.in_flight.popleft().result()
+                self.enqueued += self.in_flight.popleft().result()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)

@@ -18,7 +18,7 @@ from lithops.constants import LITHOPS_TEMP_DIR
 from consumer.jobs import safe_local_name
 from moments_stream.errors import ConfigError, RedisUnavailableError
 from moments_stream.keys import Keys
-from moments_stream.queues import video_queue
+from moments_stream.queues import enqueue_videos, video_queue
 from moments_stream.redis_conn import connect, lithops_redis_section, redact
 from moments_stream.settings import Settings
 from producer.cli import enqueue_prefix, normalise_prefix
@@ -95,11 +95,23 @@ def test_large_listings_are_written_by_worker_processes_exactly_once(redis_clien
     assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 3500
     again = enqueue_objects(redis_client, settings, objects, processes=2)
     assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500
-    with BatchWriter(settings, processes=2) as writer:
+    assert threading.active_count() == 1, "the writer forks only when no other thread runs"
+    with BatchWriter(settings, processes=2, only_new=True) as writer:
         writer.write(redis_client, {"big/x.mp4": "1:1"})
         writer.write(redis_client, {"big/y.mp4": "1:1"})
-        assert writer.pool is not None or threading.active_count() > 1  # forked only when no other thread runs
-    assert len(queue) == 3502
+        assert writer.pool is not None  # the second batch went to a forked worker process
+    assert len(queue) == 3502 and writer.enqueued == 2
+
+
+def test_a_producer_that_lost_the_race_enqueues_nothing(redis_client: redis.Redis, redis_url: str) -> None:
+    """Two producers listed the same new videos; the second one to write finds them taken."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    videos = {f"race/{index}.mp4": "10:1" for index in range(3)}
+    listed_as_new_by_both = videos
+    assert enqueue_videos(redis_client, settings, listed_as_new_by_both, only_new=True) == 3
+    assert enqueue_videos(redis_client, settings, listed_as_new_by_both, only_new=True) == 0
+    assert enqueue_videos(redis_client, settings, {**videos, "race/0.mp4": "11:2"}, only_new=True) == 1  # replaced
+    assert len(video_queue(redis_client, settings)) == 4
 
 
 def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,

@@ -20,8 +20,9 @@ from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
 from moments_stream import ledger, results
-from moments_stream.errors import MomentsError, VideoDecodeError
+from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
+from moments_stream.redis_conn import Backoff
 from moments_stream.settings import Settings
 
 from .classify import Classifier
@@ -60,7 +61,40 @@ def safe_local_name(key: str) -> str:
     return cleaned[-100:]
 
 
+def storage_outage_errors() -> tuple[type[BaseException], ...]:
+    """What a storage client raises when the store cannot be reached (not when an object is bad)."""
+    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+        from urllib3.exceptions import HTTPError
+
+        errors += (BotoConnectionError, HTTPClientError, HTTPError)
+    except ImportError:  # a storage backend without botocore
+        pass
+    return errors
+
+
 def download(context: WorkerContext, key: str, directory: str) -> str:
+    """:func:`download_once`, retried with back-off while storage is unreachable, for up to
+    ``MOMENTS_STORAGE_OUTAGE`` seconds: an outage is not the video's fault, so it must not use up
+    the video's attempts (the worker's lease stays alive meanwhile)."""
+    deadline = time.monotonic() + context.settings.storage_outage_s
+    backoff = Backoff(first_s=1, max_s=15, event="storage_unreachable_retrying")
+    unreachable = storage_outage_errors()
+    while True:
+        try:
+            return download_once(context, key, directory)
+        except unreachable as error:
+            if time.monotonic() + backoff.delay_s >= deadline:
+                raise StorageUnavailableError(
+                    f"storage unreachable for {context.settings.storage_outage_s} s while downloading {key!r}: {error}",
+                    fix="check the storage endpoint and the network; the video is retried (MOMENTS_STORAGE_OUTAGE)",
+                ) from None
+            backoff.wait(error, video=key)
+
+
+def download_once(context: WorkerContext, key: str, directory: str) -> str:
     """Stream ``key`` into ``directory`` with a size cap; returns the local path."""
     limit = context.settings.max_video_bytes
     path = os.path.join(directory, safe_local_name(key))
@@ -76,6 +110,23 @@ def download(context: WorkerContext, key: str, directory: str) -> str:
                 raise VideoDecodeError(key, f"larger than the {limit:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)")
             out.write(chunk)
     return path
+
+
+def hold_for_test(settings: Settings, key: str) -> None:
+    """Tests only (``MOMENTS_TEST_BARRIER_DIR``): stop before publishing ``key``'s outcome while a
+    ``hold-<name>`` file exists there, after writing ``reached-<name>``, so that a fault test acts
+    while this video is known to be in this worker's hands."""
+    if settings.test_barrier_dir is None:
+        return
+    name = safe_local_name(key)
+    hold = os.path.join(settings.test_barrier_dir, f"hold-{name}")
+    if not os.path.exists(hold):
+        return
+    with open(os.path.join(settings.test_barrier_dir, f"reached-{name}"), "w") as reached:
+        reached.write(f"{os.getpid()}\n")
+    log.warning("test_barrier_holding", video=key, hold=hold)
+    while os.path.exists(hold):
+        time.sleep(0.05)
 
 
 def _elapsed_ms(since: float) -> float:
@@ -107,6 +158,7 @@ def classify_video(key: str, fingerprint: str) -> str:
         return "failed"
     record = prediction.to_dict()
     record.update(outcome="counted", fingerprint=fingerprint, total_ms=_elapsed_ms(started), **fields)
+    hold_for_test(context.settings, key)
     results.publish(context.client, context.settings.keys, context.results, record)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
              infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)  # fmt: skip

@@ -47,3 +47,7 @@ class ConfigError(MomentsError):
 
 class RedisUnavailableError(MomentsError):
     """Redis cannot be reached, or refuses our credentials."""
+
+
+class StorageUnavailableError(MomentsError):
+    """Object storage could not be reached for longer than a consumer waits; the video is retried."""

@@ -46,15 +46,17 @@ REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Backoff:
-    """Pauses that double from ``first_s`` up to ``max_s`` while Redis is away, each one logged."""
+    """Pauses that double from ``first_s`` up to ``max_s`` while a service (Redis by default) is
+    away, each one logged as ``event``."""
 
-    def __init__(self, first_s: float = 0.5, max_s: float = 15.0) -> None:
+    def __init__(self, first_s: float = 0.5, max_s: float = 15.0, event: str = "redis_unreachable_retrying") -> None:
         self.first_s = first_s
         self.max_s = max_s
         self.delay_s = first_s
+        self.event = event
 
     def wait(self, error: BaseException, **fields: object) -> None:
-        log.warning("redis_unreachable_retrying", delay_s=self.delay_s, error=str(error), **fields)
+        log.warning(self.event, delay_s=self.delay_s, error=str(error), **fields)
         time.sleep(self.delay_s)
         self.delay_s = min(self.delay_s * 2, self.max_s)
 

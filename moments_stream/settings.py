@@ -85,6 +85,9 @@ DEFAULT_CONSUMER_LEASE_S = 30
 # An outcome published this long ago and still not recorded (its queue message was lost with an
 # aggregator) is recorded from the outbox.
 DEFAULT_RECOVER_AFTER_S = 30
+# A consumer whose storage is unreachable retries the download this long before the attempt fails
+# (and rq retries it later): an outage of the store is not the video's fault.
+DEFAULT_STORAGE_OUTAGE_S = 300
 # Frames decoded per video at most: the sequential walk stops here (30 minutes at 30 fps).
 DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
 # Model ids of random test checkpoints start with this, so no view passes them off as real.
@@ -147,6 +150,11 @@ class Settings:
     recover_after_s: int = DEFAULT_RECOVER_AFTER_S
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
     stop_margin_s: int = DEFAULT_STOP_MARGIN_S
+    storage_outage_s: int = DEFAULT_STORAGE_OUTAGE_S
+    # Tests only: a directory where a consumer stops before publishing the outcome of a video that
+    # has a ``hold-<name>`` file there (see consumer.jobs.hold_for_test), so a fault test can act
+    # while a video is known to be in hand. Never set in production.
+    test_barrier_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +185,8 @@ class Settings:
             recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
             max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
             stop_margin_s=_int(env, "MOMENTS_STOP_MARGIN", DEFAULT_STOP_MARGIN_S),
+            storage_outage_s=_int(env, "MOMENTS_STORAGE_OUTAGE", DEFAULT_STORAGE_OUTAGE_S),
+            test_barrier_dir=env.get("MOMENTS_TEST_BARRIER_DIR") or None,
         )
         return settings.validated()
 

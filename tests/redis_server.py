@@ -33,13 +33,13 @@ class TlsFiles:
     key: Path
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1 (trustme)."""
+def make_tls_files(directory: Path, *hosts: str) -> TlsFiles:
+    """A throw-away CA and a server certificate for ``hosts`` (default 127.0.0.1), made by trustme."""
     import trustme
 
     directory.mkdir(parents=True, exist_ok=True)
     authority = trustme.CA()
-    server = authority.issue_cert("127.0.0.1", "localhost")
+    server = authority.issue_cert(*(hosts or ("127.0.0.1", "localhost")))
     files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     authority.cert_pem.write_to_path(str(files.ca))
     server.cert_chain_pems[0].write_to_path(str(files.cert))

@@ -1,0 +1,268 @@
+"""Every stage on its own host, as in production (tests/hosts.py): Redis (password + TLS, AOF) and an
+S3-compatible store each with an address on a private backend network and one on the operators'
+network; two worker hosts running ``consumer start`` that reach Redis and storage only by their
+backend addresses; operator hosts running ``producer`` and ``aggregator`` by the other addresses.
+
+Each case ends with exact counts, no video lost or counted twice, and ``recovered from outbox 0``
+(no aggregator is killed here, so the results queue, not the rescue path, must carry every result).
+Faults are timed by a barrier the consumer exposes to tests (MOMENTS_TEST_BARRIER_DIR), not by sleeps.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.hosts import Cluster, Host, cluster, namespaces_unavailable, wait_for_port
+from tests.pipeline import direct_top1, make_clips, pipeline_environment, wait_until
+from tests.redis_server import TLS_CAPABLE_BINARY, make_tls_files
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, lithops_s3_environment, s3_client
+
+pytestmark = pytest.mark.e2e
+
+REDIS_PORT = 6380  # TLS only
+S3_PORT = 5000
+PASSWORD = "multi-host-secret"
+BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+
+
+@dataclass
+class Deployment:
+    cluster: Cluster
+    redis: Host
+    storage: Host
+    workers: list[Host]
+    operators: list[Host]
+    root: Path
+    tls_ca: Path
+    redis_log: Path
+
+    def redis_url(self, network: str) -> str:
+        address = self.redis.addresses[network]
+        return f"rediss://:{PASSWORD}@{address}:{REDIS_PORT}/0?ssl_ca_certs={self.tls_ca}"
+
+    def start_redis(self) -> None:
+        backend, ops = self.redis.addresses["backend"], self.redis.addresses["ops"]
+        data, tls = self.root / "redis-data", self.root / "tls"
+        data.mkdir(exist_ok=True)
+        self.redis.start(
+            TLS_CAPABLE_BINARY, "--bind", backend, ops, "--port", "0", "--tls-port", str(REDIS_PORT),
+            "--tls-cert-file", str(tls / "server.pem"), "--tls-key-file", str(tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no", "--requirepass", PASSWORD,
+            "--appendonly", "yes", "--dir", str(data), "--save", "",
+            env={}, log=self.redis_log,
+        )  # fmt: skip
+        wait_for_port(ops, REDIS_PORT)
+
+    def stop_redis(self) -> None:
+        """SHUTDOWN (AOF flushed), as a restart of the Redis host does."""
+        with pytest.raises(redis.ConnectionError):
+            self.observer().shutdown()
+        for process in self.redis.processes:
+            process.wait(timeout=30)
+        self.redis.processes.clear()
+
+    def observer(self) -> redis.Redis:
+        """This test's own client: on the ops network, like an operator's laptop."""
+        return redis.Redis.from_url(self.redis_url("ops"))
+
+    def environment(self, host: Host, base: dict[str, str], network: str) -> dict[str, str]:
+        """What a stage on ``host`` is configured with: its own Redis and storage addresses."""
+        endpoint = f"http://{self.storage.addresses[network]}:{S3_PORT}"
+        home = self.root / "hosts" / host.name
+        storage = lithops_s3_environment("minio", endpoint, "lithops-internal", home)
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        return {**base, **storage, "MOMENTS_REDIS_URL": self.redis_url(network), "TMPDIR": str(home / "tmp"),
+                "MOMENTS_DATA_DIR": str(home / "data")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    reason = namespaces_unavailable()
+    if reason:
+        print(f"multi-host tests skipped: {reason}")
+        pytest.skip(reason)
+    if not Path(TLS_CAPABLE_BINARY).exists():
+        pytest.fail(f"{TLS_CAPABLE_BINARY} (Debian's redis-server, with TLS) is needed: .ci/run installs it")
+    root = tmp_path_factory.mktemp("hosts")
+    with cluster() as made:
+        redis_host = made.add_host("redis", 2, ("backend", "ops"))
+        storage = made.add_host("storage", 3, ("backend", "ops"))
+        workers = [made.add_host(f"worker{index}", 10 + index, ("backend",)) for index in (1, 2)]
+        operators = [made.add_host(f"operator{index}", 20 + index, ("ops",)) for index in (1, 2)]
+        tls = make_tls_files(root / "tls", *redis_host.addresses.values())
+        found = Deployment(made, redis_host, storage, workers, operators, root, tls.ca, root / "redis.log")
+        found.start_redis()
+        storage.start(str(BIN / "moto_server"), "-H", "0.0.0.0", "-p", str(S3_PORT), env={}, log=root / "moto.log")
+        wait_for_port(storage.addresses["ops"], S3_PORT)
+        s3_client(f"http://{storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket="lithops-internal")
+        yield found
+
+
+@dataclass
+class Run:
+    """One pipeline of its own (namespace, bucket) on the shared hosts."""
+
+    deployment: Deployment
+    base: dict[str, str]
+    namespace: str
+    expected: dict[str, str]  # clip name -> top-1 from `consumer classify`
+    logs: Path
+    barrier: Path
+
+    def env(self, host: Host, **extra: str) -> dict[str, str]:
+        network = "ops" if host in self.deployment.operators else "backend"
+        return {**self.deployment.environment(host, self.base, network), **extra}
+
+    def run(self, host: Host, *argv: str) -> str:
+        done = host.run(str(BIN / argv[0]), *argv[1:], env=self.env(host))
+        assert done.returncode == 0, f"{argv} on {host.name}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def start(self, host: Host, *argv: str, **extra: str):
+        log = self.logs / f"{host.name}-{argv[0]}-{uuid.uuid4().hex[:4]}.log"
+        return host.start(str(BIN / argv[0]), *argv[1:], env=self.env(host, **extra), log=log), log
+
+    def key(self, name: str) -> str:
+        return f"{self.namespace}:{name}"
+
+    def wait_all_recorded(self, client: redis.Redis, timeout: float = 300) -> None:
+        pending = self.key("pending")
+        wait_until(lambda: client.hlen(pending) == 0, timeout, "every video counted or failed", interval=0.5)
+
+    def counts(self, client: redis.Redis) -> dict[str, int]:
+        (model,) = [m.decode() for m in client.zrevrange(self.key("models"), 0, 0)]
+        return {k.decode(): int(v) for k, v in client.hgetall(self.key(f"counts:{model}")).items()}
+
+    def stop_aggregator(self, process, log: Path) -> str:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        (report,) = [line for line in log.read_text().splitlines() if line.startswith("counted ")]
+        return report
+
+
+@pytest.fixture()
+def pipeline(deployment: Deployment, tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[Run]:
+    namespace = f"mh{uuid.uuid4().hex[:6]}"
+    bucket = f"videos-{namespace}"
+    s3_client(f"http://{deployment.storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket=bucket)
+    base = pipeline_environment("unused://", checkpoint_v1, categories_v1, tmp_path / "data")
+    base.update(MOMENTS_BUCKET=bucket, MOMENTS_NAMESPACE=namespace, MOMENTS_CONSUMER_LEASE="4",
+                AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)  # fmt: skip
+    folder = tmp_path / "in"
+    expected = direct_top1(dict(base, MOMENTS_REDIS_URL="redis://127.0.0.1:1/0"), make_clips(folder, range(12)))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    run = Run(deployment, base, namespace, expected, tmp_path / "logs", barrier)
+    yield run
+    for host in deployment.workers + deployment.operators:
+        for process in host.processes:
+            if process.poll() is None:
+                process.kill()
+        host.processes.clear()
+    shutil.rmtree(tmp_path / "in", ignore_errors=True)
+
+
+def upload_and_enqueue(run: Run, operator: Host, folder: Path) -> None:
+    run.run(operator, "producer", "upload", str(folder), "in/")
+    run.run(operator, "producer", "enqueue", "in/")
+
+
+def finish_consumers(run: Run, consumers: list, client: redis.Redis) -> list[dict]:
+    run.wait_all_recorded(client)
+    run.run(run.deployment.operators[0], "consumer", "stop")
+    summaries = []
+    for process, log in consumers:
+        assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+        summaries += [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"worker"')]
+    return summaries
+
+
+def assert_exact(run: Run, client: redis.Redis) -> None:
+    assert run.counts(client) == collections.Counter(run.expected.values())
+    assert client.hlen(run.key("failed")) == 0 and client.hlen(run.key("dead-letters")) == 0
+    assert client.hlen(run.key("outbox")) == 0
+
+
+def test_stages_on_their_own_hosts_two_producers_and_two_aggregators_at_once(pipeline: Run, tmp_path: Path) -> None:
+    run, deployment = pipeline, pipeline.deployment
+    client = deployment.observer()
+    first, second = deployment.operators
+    run.run(first, "producer", "upload", str(tmp_path / "in"), "in/")
+    producers = [run.start(operator, "producer", "enqueue", "in/") for operator in (first, second)]
+    for process, log in producers:
+        assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    enqueued = [int(log.read_text().split("enqueued ")[1].split(",")[0]) for _, log in producers]
+    assert sum(enqueued) == 12, enqueued  # each video enqueued once, by one producer or the other
+    assert client.llen(f"rq:queue:{run.namespace}-videos") == 12
+
+    aggregators = [run.start(operator, "aggregator", "run") for operator in (first, second)]
+    consumers = [run.start(worker, "consumer", "start", "--workers", "1") for worker in deployment.workers]
+    finish_consumers(run, consumers, client)
+    reports = [run.stop_aggregator(process, log) for process, log in aggregators]
+
+    assert_exact(run, client)
+    assert sum(int(report.split()[1].rstrip(",")) for report in reports) == 12, reports
+    assert all("recovered from outbox 0," in report and "duplicates 0," in report for report in reports), reports
+
+
+def hold(run: Run, video: str) -> None:
+    (run.barrier / f"hold-{Path(video).name}").touch()
+
+
+def release(run: Run, video: str) -> None:
+    (run.barrier / f"hold-{Path(video).name}").unlink()
+
+
+def reached(run: Run, video: str) -> bool:
+    return (run.barrier / f"reached-{Path(video).name}").exists()
+
+
+def held_pid(run: Run, video: str) -> int:
+    return int((run.barrier / f"reached-{Path(video).name}").read_text())
+
+
+def test_worker_host_cut_off_mid_video_then_back(pipeline: Run, tmp_path: Path) -> None:
+    run, deployment = pipeline, pipeline.deployment
+    client = deployment.observer()
+    video = "in/clip00.mp4"
+    hold(run, video)
+    upload_and_enqueue(run, deployment.operators[0], tmp_path / "in")
+    aggregator = run.start(deployment.operators[0], "aggregator", "run")
+    held_worker, other_worker = deployment.workers
+    consumers = [run.start(held_worker, "consumer", "start", "--workers", "1",
+                           MOMENTS_TEST_BARRIER_DIR=str(run.barrier))]  # fmt: skip
+    wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
+    held_worker.cut_off()
+    try:
+        consumers.append(run.start(other_worker, "consumer", "start", "--workers", "1"))
+        # Worker 1's lease (4 s) lapses; worker 2 takes the video over and the whole set is counted.
+        run.wait_all_recorded(client)
+        counted_by = json.loads(client.hget(run.key(f"predictions:{current(run, client)}"), video))["worker"]
+        assert f"-{held_pid(run, video)}-" not in counted_by  # another worker did it
+    finally:
+        held_worker.reconnect()
+    release(run, video)
+    # Worker 1 comes back and publishes its late outcome: recorded as a duplicate, counted once.
+    wait_until(lambda: b"duplicate_ignored" in _read(run.logs), 180, "the late outcome arriving", interval=0.5)
+    finish_consumers(run, consumers, client)
+    report = run.stop_aggregator(*aggregator)
+    assert_exact(run, client)
+    assert "duplicates 1," in report and "recovered from outbox 0," in report, report
+
+
+def current(run: Run, client: redis.Redis) -> str:
+    return client.zrevrange(run.key("models"), 0, 0)[0].decode()
+
+
+def _read(logs: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in logs.glob("*.log"))

@@ -82,6 +82,13 @@ class Host:
         for link in self.links.values():
             run_ip("link", "set", link, "up")
 
+    def block(self, address: str) -> None:
+        """``address`` becomes unreachable from this host (no route: connections fail at once)."""
+        run_ip("-n", self.netns, "route", "add", "unreachable", f"{address}/32")
+
+    def unblock(self, address: str) -> None:
+        run_ip("-n", self.netns, "route", "del", "unreachable", f"{address}/32")
+
     def pids(self) -> list[int]:
         done = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
         return [int(pid) for pid in done.stdout.split()]

@@ -11,6 +11,7 @@ Faults are timed by a barrier the consumer exposes to tests (MOMENTS_TEST_BARRIE
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import shutil
 import signal
@@ -65,7 +66,7 @@ class Deployment:
 
     def stop_redis(self) -> None:
         """SHUTDOWN (AOF flushed), as a restart of the Redis host does."""
-        with pytest.raises(redis.ConnectionError):
+        with contextlib.suppress(redis.ConnectionError):
             self.observer().shutdown()
         for process in self.redis.processes:
             process.wait(timeout=30)
@@ -75,10 +76,10 @@ class Deployment:
         """This test's own client: on the ops network, like an operator's laptop."""
         return redis.Redis.from_url(self.redis_url("ops"))
 
-    def environment(self, host: Host, base: dict[str, str], network: str) -> dict[str, str]:
-        """What a stage on ``host`` is configured with: its own Redis and storage addresses."""
+    def environment(self, host: Host, base: dict[str, str], network: str, home: Path) -> dict[str, str]:
+        """What a stage on ``host`` is configured with: its own Redis and storage addresses, and its
+        own temporary directory (Lithops keeps its localhost state and function logs there)."""
         endpoint = f"http://{self.storage.addresses[network]}:{S3_PORT}"
-        home = self.root / "hosts" / host.name
         storage = lithops_s3_environment("minio", endpoint, "lithops-internal", home)
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         return {**base, **storage, "MOMENTS_REDIS_URL": self.redis_url(network), "TMPDIR": str(home / "tmp"),
@@ -121,7 +122,13 @@ class Run:
 
     def env(self, host: Host, **extra: str) -> dict[str, str]:
         network = "ops" if host in self.deployment.operators else "backend"
-        return {**self.deployment.environment(host, self.base, network), **extra}
+        home = self.logs.parent / "hosts" / host.name
+        return {**self.deployment.environment(host, self.base, network, home), **extra}
+
+    def host_logs(self, host: Host) -> str:
+        """Everything ``host``'s stages and their Lithops functions logged in this run."""
+        files = (self.logs.parent / "hosts" / host.name).rglob("*.log")
+        return "".join(path.read_text(errors="replace") for path in files if path.is_file())
 
     def run(self, host: Host, *argv: str) -> str:
         done = host.run(str(BIN / argv[0]), *argv[1:], env=self.env(host))
@@ -266,3 +273,71 @@ def current(run: Run, client: redis.Redis) -> str:
 
 def _read(logs: Path) -> bytes:
     return b"".join(path.read_bytes() for path in logs.glob("*.log"))
+
+
+def start_with_a_video_held(run: Run, video: str):
+    """Clips enqueued, the aggregator on operator 1, worker 1 holding ``video`` before publishing it
+    (so the fault lands while that video is in hand); returns the aggregator and worker 1's consumers."""
+    deployment = run.deployment
+    hold(run, video)
+    upload_and_enqueue(run, deployment.operators[0], run.logs.parent / "in")
+    aggregator = run.start(deployment.operators[0], "aggregator", "run")
+    consumers = run.start(deployment.workers[0], "consumer", "start", "--workers", "1",
+                          MOMENTS_TEST_BARRIER_DIR=str(run.barrier))  # fmt: skip
+    wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
+    return aggregator, consumers
+
+
+def test_worker_host_killed_outright_mid_video(pipeline: Run) -> None:
+    run, deployment = pipeline, pipeline.deployment
+    client = deployment.observer()
+    video = "in/clip03.mp4"
+    aggregator, _ = start_with_a_video_held(run, video)
+    doomed, survivor = deployment.workers
+    doomed.kill_everything()  # the launcher, its Lithops functions, everything on the host
+    consumers = [run.start(survivor, "consumer", "start", "--workers", "1")]
+    finish_consumers(run, consumers, client)
+    report = run.stop_aggregator(*aggregator)
+
+    assert_exact(run, client)
+    counted_by = json.loads(client.hget(run.key(f"predictions:{current(run, client)}"), video))["worker"]
+    assert f"-{held_pid(run, video)}-" not in counted_by
+    assert "recovered from outbox 0," in report and "duplicates 0," in report, report
+
+
+def test_redis_host_restarted_mid_run(pipeline: Run) -> None:
+    run, deployment = pipeline, pipeline.deployment
+    video = "in/clip05.mp4"
+    aggregator, worker_one = start_with_a_video_held(run, video)
+    consumers = [worker_one, run.start(deployment.workers[1], "consumer", "start", "--workers", "1")]
+    deployment.stop_redis()
+    deployment.start_redis()  # the same data directory: AOF replayed
+    release(run, video)
+    client = deployment.observer()
+    finish_consumers(run, consumers, client)
+    report = run.stop_aggregator(*aggregator)
+
+    assert_exact(run, client)
+    assert "recovered from outbox 0," in report, report
+
+
+def test_storage_host_unreachable_for_a_while(pipeline: Run) -> None:
+    run, deployment = pipeline, pipeline.deployment
+    client = deployment.observer()
+    video = "in/clip07.mp4"
+    aggregator, worker_one = start_with_a_video_held(run, video)
+    storage_address = deployment.storage.addresses["backend"]
+    worker = deployment.workers[0]
+    worker.block(storage_address)
+    try:
+        release(run, video)  # worker 1 publishes it, then cannot download its next video
+        wait_until(lambda: "storage_unreachable_retrying" in run.host_logs(worker), 120,
+                   "worker 1 retrying its download", interval=0.5)  # fmt: skip
+        assert client.hlen(run.key("failed")) == 0
+    finally:
+        worker.unblock(storage_address)
+    finish_consumers(run, [worker_one], client)
+    report = run.stop_aggregator(*aggregator)
+
+    assert_exact(run, client)  # nothing recorded as a bad video
+    assert "recovered from outbox 0," in report, report

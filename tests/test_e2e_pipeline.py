@@ -95,23 +95,41 @@ def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str],
     assert env["MOMENTS_REDIS_URL"] in done.stderr and "fix:" in done.stderr
 
 
-def test_consumer_stop_ends_running_consumers(pipeline_env: dict[str, str]) -> None:
-    import time
-
-    from rq import Worker
+def test_namespaces_share_one_redis_without_touching_each_other(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    """Two pipelines on one Redis: each enqueues the same prefix for itself, and `consumer stop` in
+    one namespace stops its own consumers only."""
+    from tests.pipeline import wait_until
 
     client = redis.Redis.from_url(pipeline_env["MOMENTS_REDIS_URL"])
-    consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", "1"], env=pipeline_env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not Worker.all(connection=client) and time.monotonic() < deadline and consumers.poll() is None:
-        time.sleep(0.5)
-    assert Worker.all(connection=client), consumers.stderr.read() if consumers.poll() is not None else "no worker"
-    stopped = run(pipeline_env, "consumer", "stop")
+    make_clips(tmp_path / "clips", range(2))
+    assert run(pipeline_env, "producer", "upload", str(tmp_path / "clips"), "videos/").returncode == 0
+    envs = {name: dict(pipeline_env, MOMENTS_NAMESPACE=name) for name in ("alpha", "beta")}
+    for env in envs.values():
+        enqueued = run(env, "producer", "enqueue", "videos/")
+        assert enqueued.returncode == 0 and "enqueued 2, skipped 0" in enqueued.stdout, enqueued.stderr
+    assert {key.decode().split(":")[0] for key in client.keys("*") if not key.startswith(b"rq:")} == set(envs)
+
+    consumers = {}
+    # One after the other: Lithops localhost executors starting at the same instant on one machine
+    # race copying Lithops into its shared temporary directory (seen with lithops 3.8).
+    for name, env in envs.items():
+        with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
+            consumers[name] = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", "1"], env=env,
+                                               stdout=out, stderr=err, text=True)  # fmt: skip
+        wait_until(lambda name=name: client.scard(f"rq:workers:{name}-videos") or consumers[name].poll() is not None,
+                   120, f"a {name} consumer")  # fmt: skip
+        assert consumers[name].poll() is None, (tmp_path / f"{name}.err").read_text()[-3000:]
+
+    stopped = run(envs["alpha"], "consumer", "stop")
     assert stopped.returncode == 0 and "1 running worker(s)" in stopped.stdout
-    out, err = consumers.communicate(timeout=60)
-    assert consumers.returncode == 0, err
-    assert json.loads(out.splitlines()[0])["reason"] == "stopped"
+    assert consumers["alpha"].wait(timeout=60) == 0, (tmp_path / "alpha.err").read_text()[-3000:]
+    assert json.loads((tmp_path / "alpha.out").read_text().splitlines()[0])["reason"] == "stopped"
+    assert consumers["beta"].poll() is None  # beta's consumer goes on
+    (beta_worker,) = client.smembers("rq:workers:beta-videos")
+    assert client.exists(beta_worker)
+
+    assert run(envs["beta"], "consumer", "stop").returncode == 0
+    assert consumers["beta"].wait(timeout=60) == 0
 
 
 def test_consumer_with_several_decode_threads_batches_videos_exactly(

@@ -114,7 +114,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from moments_stream.queues import requeue_failed
+    from moments_stream.queues import as_video_id, requeue_failed
     from moments_stream.redis_conn import connect
 
     if not args.all and not args.videos:
@@ -122,7 +122,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_args(args)
     requeued = requeue_failed(connect(settings.redis_url), settings, None if args.all else args.videos)
-    unknown = sorted(set(args.videos) - set(requeued))
+    unknown = sorted(name for name in args.videos if as_video_id(requeued, settings.bucket, name) not in requeued)
     print(f"requeued {len(requeued)}")
     if unknown:
         print(f"not in the failed set: {', '.join(unknown)}", file=sys.stderr)

@@ -22,8 +22,10 @@ from rq.timeouts import JobTimeoutException
 from moments_stream import ledger, results
 from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
+from moments_stream.queues import enqueue_jobs_again
 from moments_stream.redis_conn import Backoff
 from moments_stream.settings import Settings
+from moments_stream.videos import split_video_id
 
 from .classify import Classifier
 
@@ -38,6 +40,9 @@ class WorkerContext:
     results: Any  # lithops.multiprocessing.Queue
     settings: Settings
     worker_id: str
+    # Set when a job for another model arrived: this consumer's weights are out of date, so it
+    # hands the job back and leaves (its workers stop after the job in hand).
+    superseded_by: str | None = None
 
 
 _context: WorkerContext | None = None
@@ -46,6 +51,10 @@ _context: WorkerContext | None = None
 def bind_context(context: WorkerContext | None) -> None:
     global _context
     _context = context
+
+
+def current_context_or_none() -> WorkerContext | None:
+    return _context
 
 
 def current_context() -> WorkerContext:
@@ -75,7 +84,7 @@ def storage_outage_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def download(context: WorkerContext, key: str, directory: str) -> str:
+def download(context: WorkerContext, bucket: str, key: str, directory: str) -> str:
     """:func:`download_once`, retried with back-off while storage is unreachable, for up to
     ``MOMENTS_STORAGE_OUTAGE`` seconds: an outage is not the video's fault, so it must not use up
     the video's attempts (the worker's lease stays alive meanwhile)."""
@@ -84,7 +93,7 @@ def download(context: WorkerContext, key: str, directory: str) -> str:
     unreachable = storage_outage_errors()
     while True:
         try:
-            return download_once(context, key, directory)
+            return download_once(context, bucket, key, directory)
         except unreachable as error:
             if time.monotonic() + backoff.delay_s >= deadline:
                 raise StorageUnavailableError(
@@ -94,12 +103,12 @@ def download(context: WorkerContext, key: str, directory: str) -> str:
             backoff.wait(error, video=key)
 
 
-def download_once(context: WorkerContext, key: str, directory: str) -> str:
-    """Stream ``key`` into ``directory`` with a size cap; returns the local path."""
+def download_once(context: WorkerContext, bucket: str, key: str, directory: str) -> str:
+    """Stream ``key`` of ``bucket`` into ``directory`` with a size cap; returns the local path."""
     limit = context.settings.max_video_bytes
     path = os.path.join(directory, safe_local_name(key))
     try:
-        body = context.storage.get_object(context.settings.bucket, key, stream=True)
+        body = context.storage.get_object(bucket, key, stream=True)
     except StorageNoSuchKeyError:
         raise VideoDecodeError(key, "the object no longer exists in storage (deleted after enqueue)") from None
     written = 0
@@ -133,32 +142,45 @@ def _elapsed_ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def classify_video(key: str, fingerprint: str) -> str:
-    """rq job: classify one stored video and publish the outcome for the aggregator.
+def hand_back(context: WorkerContext, video: str, fingerprint: str, wanted_model: str) -> str:
+    """A job for another model than this consumer's: enqueue it again for that model and retire."""
+    enqueue_jobs_again(context.client, context.settings, {video: fingerprint}, wanted_model)
+    context.superseded_by = wanted_model
+    log.warning("consumer_superseded", video=video, job_model=wanted_model, model_id=context.classifier.model_id,
+                fix="start consumers with the weights of the job's model; this one stops after this job")  # fmt: skip
+    return "handed back"
 
-    Logs one ``video_processed`` event per video with its outcome and timings.
+
+def classify_video(video: str, fingerprint: str, wanted_model: str | None = None) -> str:
+    """rq job: classify one stored video (``BUCKET/KEY``) and publish the outcome for the aggregator.
+
+    ``wanted_model`` is the model the job is for (``producer enqueue --reclassify``), ``None`` for
+    any. Logs one ``video_processed`` event per video with its outcome and timings.
     """
     context = current_context()
     model_id = context.classifier.model_id
+    if wanted_model is not None and wanted_model != model_id:
+        return hand_back(context, video, fingerprint, wanted_model)
+    bucket, key = split_video_id(video)
     started = time.perf_counter()
     # A consumer may run several rq workers (decode threads); the job knows which one runs it.
     job = get_current_job()
     worker_id = job.worker_name if job is not None and job.worker_name else context.worker_id
-    fields: dict[str, Any] = {"video": key, "worker": worker_id}
+    fields: dict[str, Any] = {"video": video, "worker": worker_id}
     try:
         with tempfile.TemporaryDirectory(prefix="moments-") as directory:
-            local = download(context, key, directory)
+            local = download(context, bucket, key, directory)
             fields["download_ms"] = _elapsed_ms(started)
-            prediction = context.classifier.classify_file(local, name=key)
+            prediction = context.classifier.classify_file(local, name=video)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        failure = ledger.failure_record(key, fingerprint, error.message, worker_id, model_id)
+        failure = ledger.failure_record(video, fingerprint, error.message, worker_id, model_id)
         results.publish(context.client, context.settings.keys, context.results, failure)
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return "failed"
     record = prediction.to_dict()
     record.update(outcome="counted", fingerprint=fingerprint, total_ms=_elapsed_ms(started), **fields)
-    hold_for_test(context.settings, key)
+    hold_for_test(context.settings, video)
     results.publish(context.client, context.settings.keys, context.results, record)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
              infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)  # fmt: skip
@@ -182,17 +204,18 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
 
     The failure takes the same path as every other outcome (outbox, then the results queue), so an
     aggregator records it; abandoned jobs are failed by whichever consumer cleans up, which runs
-    the same model.
+    the same model (or the job names its model).
     """
-    key, fingerprint = job.args
+    video, fingerprint, wanted_model = job.args
     message = failure_message(exc_type, exc_value)
     if job.retries_left:
-        log.warning("video_attempt_failed", video=key, error=message, retries_left=job.retries_left)
+        log.warning("video_attempt_failed", video=video, error=message, retries_left=job.retries_left)
         return
     if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
-        failure = ledger.failure_record(key, fingerprint, message)
+        failure = ledger.failure_record(video, fingerprint, message, model_id=wanted_model)
         ledger.stage_in_outbox(connection, Settings.from_env().keys, failure)
     else:
-        failure = ledger.failure_record(key, fingerprint, message, model_id=_context.classifier.model_id)
+        model_id = wanted_model or _context.classifier.model_id
+        failure = ledger.failure_record(video, fingerprint, message, model_id=model_id)
         results.publish(connection, _context.settings.keys, _context.results, failure)
-    log.error("video_processed", outcome="failed", video=key, error=message, attempts="all")
+    log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")

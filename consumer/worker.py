@@ -23,7 +23,7 @@ from moments_stream.results import open_results_queue
 from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, Settings, cache_dir_from
 
 from .classify import load_classifier
-from .jobs import WorkerContext, bind_context
+from .jobs import WorkerContext, bind_context, current_context_or_none
 from .leases import Heartbeat, expire_jobs_of_dead_workers, release_retry_locks_of_dead_workers
 
 log = get_logger(__name__)
@@ -112,6 +112,10 @@ class ConsumerWorker(SimpleWorker):
         if self.stop_was_requested():
             self.exit_reason = "stopped"
             return True
+        context = current_context_or_none()
+        if context is not None and context.superseded_by is not None:
+            self.exit_reason = "superseded"
+            return True
         if time.monotonic() >= self.deadline:
             self.exit_reason = "deadline"
             return True
@@ -161,9 +165,9 @@ def decode_threads_for(settings: Settings, device: str) -> int:
 
 
 def combined_exit_reason(reasons: list[str]) -> str:
-    """Why a consumer with several workers stopped: a stop request or its deadline outrank idleness
-    (the launcher relaunches a consumer that stopped for its deadline)."""
-    for reason in ("stopped", "deadline"):
+    """Why a consumer with several workers stopped: a stop request, outdated weights or its deadline
+    outrank idleness (the launcher relaunches a consumer that stopped for its deadline only)."""
+    for reason in ("stopped", "superseded", "deadline"):
         if reason in reasons:
             return reason
     return "idle"
@@ -198,6 +202,8 @@ def run_consumer(
             classifier, client, lithops_storage(settings), open_results_queue(client, settings), settings, worker_id
         )
     )
+    # The newest model a consumer runs is what `producer enqueue --reclassify` targets by default.
+    client.zadd(settings.keys.consumer_models(), {classifier.model_id: time.time()}, nx=True)
     decode_threads = decode_threads_for(settings, classifier.options.device)
     if decode_threads > 1:
         classifier.share_across_threads(max_videos=decode_threads)

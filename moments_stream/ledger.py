@@ -28,14 +28,26 @@ class Outcome(enum.Enum):
     STALE = -1
 
 
-# KEYS: seen, outbox, pending. ARGV: video, fingerprint. Shared head of both scripts: drop a stale
-# version, and clear this version's outbox/pending entries (it is being recorded now).
+# KEYS: seen, outbox, pending. ARGV: video, fingerprint, model id. Shared head of both scripts: drop
+# a stale version, and clear this version's outbox entry and its pending entry, the latter only when
+# the job was for any model or for this one (a --reclassify waits for the new model's outcome).
+# A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
 _SETTLE = """
 local outboxed = redis.call('HGET', KEYS[2], ARGV[1])
 if outboxed and cjson.decode(outboxed)['fingerprint'] == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
 local latest = redis.call('HGET', KEYS[1], ARGV[1])
 if latest and latest ~= ARGV[2] then return -1 end
-if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[1]) end
+local waiting = redis.call('HGET', KEYS[3], ARGV[1])
+if waiting then
+  local fingerprint, model = waiting, nil
+  if string.sub(waiting, 1, 1) == '{' then
+    local entry = cjson.decode(waiting)
+    fingerprint, model = entry['fingerprint'], entry['model']
+  end
+  if fingerprint == ARGV[2] and (model == nil or model == cjson.null or model == ARGV[3]) then
+    redis.call('HDEL', KEYS[3], ARGV[1])
+  end
+end
 """
 
 # Shared tail of both scripts: note when this video finished (Redis clock) for throughput, and
@@ -48,7 +60,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', now - tonumber(ARGV[#ARGV]))
 """
 
 # + KEYS: predictions, counts (of the record's model), failed, models, recent.
-# ARGV: video, fingerprint, top1, record JSON, model id, recent window.
+# ARGV: video, fingerprint, model id, top1, record JSON, recent window.
 _RECORD_PREDICTION = (
     _SETTLE
     + """
@@ -59,25 +71,25 @@ if current then
   local old_top1 = old['top5'][1][1]
   if redis.call('HINCRBY', KEYS[5], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[5], old_top1) end
 end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
-redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 redis.call('HDEL', KEYS[6], ARGV[1])
 """
     + _NOTE_FINISHED
     + """
-redis.call('ZADD', KEYS[7], now, ARGV[5])
+redis.call('ZADD', KEYS[7], now, ARGV[3])
 return 1
 """
 )
 
-# + KEYS: predictions (of the failing model), failed, recent. ARGV: video, fingerprint, failure
-# JSON, recent window.
+# + KEYS: predictions (of the failing model), failed, recent. ARGV: video, fingerprint, model id,
+# failure JSON, recent window.
 _RECORD_FAILURE = (
     _SETTLE
     + """
 local current = redis.call('HGET', KEYS[4], ARGV[1])
 if current and cjson.decode(current)['fingerprint'] == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
 """
     + _NOTE_FINISHED
     + """
@@ -98,7 +110,7 @@ def record_prediction(client: redis.Redis, keys: Keys, record: dict[str, Any]) -
         keys,
         _RECORD_PREDICTION,
         [keys.predictions(model_id), keys.counts(model_id), keys.failed(), keys.models(), keys.recent()],
-        [record["video"], record["fingerprint"], record["top5"][0][0], json.dumps(record), model_id, RECENT_WINDOW_S],
+        [record["video"], record["fingerprint"], model_id, record["top5"][0][0], json.dumps(record), RECENT_WINDOW_S],
     )
 
 
@@ -124,7 +136,7 @@ def record_failure(client: redis.Redis, keys: Keys, record: dict[str, Any]) -> O
         keys,
         _RECORD_FAILURE,
         [keys.predictions(model_id), keys.failed(), keys.recent()],
-        [record["video"], record["fingerprint"], json.dumps(record), RECENT_WINDOW_S],
+        [record["video"], record["fingerprint"], model_id, json.dumps(record), RECENT_WINDOW_S],
     )
 
 

@@ -16,6 +16,7 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, Settings
+from .videos import pending_entry, video_id
 
 # Failed jobs stay in rq's failed registry (``rq info``) this long.
 FAILURE_TTL_S = 30 * 24 * 3600
@@ -28,9 +29,18 @@ def video_queue(client: redis.Redis, settings: Settings) -> Queue:
     )
 
 
-def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, str], only_new: bool = False) -> int:
-    """Mark ``videos`` (key -> fingerprint) seen and pending and enqueue one job each, atomically;
-    returns how many were enqueued.
+def enqueue_videos(
+    client: redis.Redis,
+    settings: Settings,
+    videos: dict[str, str],
+    only_new: bool = False,
+    model_id: str | None = None,
+) -> int:
+    """Mark ``videos`` (video id -> fingerprint) seen and pending and enqueue one job each,
+    atomically; returns how many were enqueued.
+
+    ``model_id`` names the model the jobs are for (``producer enqueue --reclassify``): consumers
+    running another model hand such a job back, and only that model's outcome clears pending.
 
     With ``only_new``, videos whose fingerprint is already the one last enqueued are left out, and
     that check is part of the transaction (WATCH on the seen hash, retried when another producer
@@ -50,7 +60,7 @@ def enqueue_videos(client: redis.Redis, settings: Settings, videos: dict[str, st
                         pipe.unwatch()
                         return 0
                 pipe.multi()
-                _queue_jobs(pipe, client, settings, chosen)
+                _queue_jobs(pipe, client, settings, chosen, model_id)
                 pipe.execute()
                 return len(chosen)
             except redis.WatchError:
@@ -66,32 +76,47 @@ def _not_seen(pipe: redis.client.Pipeline, seen_key: str, videos: dict[str, str]
     }
 
 
-def _queue_jobs(pipe: redis.client.Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str]) -> None:
+def _queue_jobs(
+    pipe: redis.client.Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None
+) -> None:
     """Queue on ``pipe`` (in MULTI) the seen/pending marks and one rq job per video."""
     keys = settings.keys
-    queue = video_queue(client, settings)
+    pipe.hset(keys.seen(), mapping=videos)
+    pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in videos.items()})
+    video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id), pipeline=pipe)
+
+
+def enqueue_jobs_again(client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None) -> None:
+    """One more job each for videos already marked seen and pending (a job handed back by a consumer
+    of another model). A job for a version replaced meanwhile is harmless: its outcome is stale."""
+    video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id))
+
+
+def _jobs(settings: Settings, videos: dict[str, str], model_id: str | None) -> list:
     retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
-    jobs = [
+    return [
         Queue.prepare_data(
             CLASSIFY_JOB,
-            args=(key, fingerprint),
-            description=f"classify {key}",
+            args=(video, fingerprint, model_id),
+            description=f"classify {video}" + (f" with {model_id}" if model_id else ""),
             result_ttl=0,
             failure_ttl=FAILURE_TTL_S,
             retry=retry,
             on_failure=Callback(FAILURE_CALLBACK),
         )
-        for key, fingerprint in videos.items()
+        for video, fingerprint in videos.items()
     ]
-    pipe.hset(keys.seen(), mapping=videos)
-    pipe.hset(keys.pending(), mapping=videos)
-    queue.enqueue_many(jobs, pipeline=pipe)
 
 
 def failures(client: redis.Redis, settings: Settings) -> list[dict]:
     """Every failed video's record (video, fingerprint, error, worker), sorted by key."""
     records = (json.loads(raw) for raw in client.hvals(settings.keys.failed()))
     return sorted(records, key=lambda record: record["video"])
+
+
+def as_video_id(known: Iterable[str], bucket: str, name: str) -> str:
+    """``name`` as a video id: itself when it is one of ``known``, else a key in ``bucket``."""
+    return name if name in known else video_id(bucket, name)
 
 
 def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str] | None = None) -> list[str]:
@@ -101,7 +126,9 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
     """
     keys = settings.keys
     records = {record["video"]: record for record in failures(client, settings)}
-    chosen = list(records) if videos is None else [video for video in videos if video in records]
+    # A video is named by its id (BUCKET/KEY), or by its key in the configured bucket.
+    named = None if videos is None else [as_video_id(records, settings.bucket, video) for video in videos]
+    chosen = list(records) if named is None else [video for video in named if video in records]
     if not chosen:
         return []
     latest = client.hmget(keys.seen(), chosen)

@@ -27,7 +27,12 @@ log = get_logger(__name__)
 
 
 def enqueue_pass(
-    client: redis.Redis, storage: Any, settings: Settings, prefix: str, reclassify: bool = False
+    client: redis.Redis,
+    storage: Any,
+    settings: Settings,
+    prefix: str,
+    reclassify: bool = False,
+    model_id: str | None = None,
 ) -> tuple[EnqueueReport, int]:
     """List ``prefix`` once and enqueue what is new; returns the report and how many objects were listed."""
     listed = 0
@@ -38,19 +43,40 @@ def enqueue_pass(
             listed += 1
             yield item
 
-    report = enqueue_objects(client, settings, counted(), reclassify=reclassify, processes=available_cpus())
+    report = enqueue_objects(
+        client, settings, counted(), reclassify=reclassify, processes=available_cpus(), model_id=model_id
+    )
     return report, listed
 
 
-def enqueue_prefix(settings: Settings, prefix: str, reclassify: bool = False) -> EnqueueReport:
-    report, listed = enqueue_pass(ensure_redis(settings), lithops_storage(settings), settings, prefix, reclassify)
+def reclassify_target(client: redis.Redis, settings: Settings, requested: str | None) -> str:
+    """The model a ``--reclassify`` is for: the one named, else the newest model a consumer runs."""
+    if requested:
+        return requested
+    newest = client.zrevrange(settings.keys.consumer_models(), 0, 0)
+    if not newest:
+        raise ConfigError(
+            "no consumer has run a model yet, so --reclassify cannot tell which model the videos are for",
+            fix="start consumers with the new weights first (consumer start), or name the model with --model ID",
+        )
+    return newest[0].decode()
+
+
+def enqueue_prefix(
+    settings: Settings, prefix: str, reclassify: bool = False, model_id: str | None = None
+) -> EnqueueReport:
+    """Enqueue what is new under ``prefix``; with ``reclassify``, every video again, for ``model_id``
+    (default: the newest model a consumer runs)."""
+    client = ensure_redis(settings)
+    target = reclassify_target(client, settings, model_id) if reclassify else None
+    report, listed = enqueue_pass(client, lithops_storage(settings), settings, prefix, reclassify, target)
     if listed == 0:
         raise ConfigError(
             f"no objects under prefix {prefix!r} in bucket {settings.bucket!r}",
             fix="check the prefix and --bucket/MOMENTS_BUCKET; `producer upload DIR PREFIX` copies local files in",
         )
     log.info("enqueued", prefix=prefix, bucket=settings.bucket, enqueued=report.enqueued,
-             skipped=report.skipped, ignored=report.ignored)  # fmt: skip
+             skipped=report.skipped, ignored=report.ignored, model_id=target)  # fmt: skip
     return report
 
 
@@ -99,7 +125,11 @@ def normalise_prefix(prefix: str) -> str:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    print(enqueue_prefix(settings_from_args(args), normalise_prefix(args.prefix), reclassify=args.reclassify))
+    if args.model_id and not args.reclassify:
+        print("--model goes with --reclassify", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args)
+    print(enqueue_prefix(settings, normalise_prefix(args.prefix), args.reclassify, args.model_id))
     return 0
 
 
@@ -126,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "--reclassify", action="store_true", help="enqueue every video, even those enqueued before (new weights)"
     )
+    enqueue.add_argument("--model", dest="model_id", metavar="ID",
+                         help="with --reclassify: the model id the videos are for (default: the newest model a "
+                         "consumer runs; consumers of other models hand these jobs back and stop)")  # fmt: skip
     watch = add_command(
         sub, cmd_watch, "watch", help="enqueue new uploads under PREFIX as they appear, until Ctrl-C", redis=True
     )

@@ -15,6 +15,7 @@ from moments_stream.keys import Keys
 from moments_stream.queues import enqueue_videos
 from moments_stream.redis_conn import connect
 from moments_stream.settings import Settings
+from moments_stream.videos import video_id
 
 from .listing import StoredObject, is_video_key
 
@@ -36,9 +37,9 @@ class EnqueueReport:
         self.ignored += other.ignored
 
 
-def new_objects(client: redis.Redis, keys: Keys, batch: list[StoredObject]) -> list[StoredObject]:
-    """Those of ``batch`` whose fingerprint differs from the one enqueued last time."""
-    known = client.hmget(keys.seen(), [item.key for item in batch])
+def new_objects(client: redis.Redis, keys: Keys, bucket: str, batch: list[StoredObject]) -> list[StoredObject]:
+    """Those of ``batch`` (in ``bucket``) whose fingerprint differs from the one enqueued last time."""
+    known = client.hmget(keys.seen(), [video_id(bucket, item.key) for item in batch])
     return [item for item, seen in zip(batch, known, strict=True) if seen is None or seen.decode() != item.fingerprint]
 
 
@@ -48,15 +49,17 @@ def enqueue_objects(
     objects: Iterable[StoredObject],
     reclassify: bool = False,
     processes: int = 1,
+    model_id: str | None = None,
 ) -> EnqueueReport:
-    """Enqueue the videos among ``objects`` not enqueued before (every one with ``reclassify``).
+    """Enqueue the videos among ``objects`` (in ``settings.bucket``) not enqueued before (every one
+    with ``reclassify``), their jobs for ``model_id`` when given (else for any model).
 
     rq builds each job in Python (about 0.1 ms a video: 10 s per 100k keys on one core), so large
     listings spread their batches over ``processes`` worker processes; each batch stays atomic.
     """
     report = EnqueueReport()
     videos = 0
-    with BatchWriter(settings, processes, only_new=not reclassify) as writer:
+    with BatchWriter(settings, processes, only_new=not reclassify, model_id=model_id) as writer:
         batch: list[StoredObject] = []
         for item in objects:
             if is_video_key(item.key):
@@ -77,8 +80,9 @@ def _enqueue_batch(client: redis.Redis, writer: BatchWriter, batch: list[StoredO
     if not batch:
         return
     # A cheap read first; the write checks again inside its transaction (another producer may race).
-    fresh = batch if reclassify else new_objects(client, writer.settings.keys, batch)
-    writer.write(client, {item.key: item.fingerprint for item in fresh})
+    settings = writer.settings
+    fresh = batch if reclassify else new_objects(client, settings.keys, settings.bucket, batch)
+    writer.write(client, {video_id(settings.bucket, item.key): item.fingerprint for item in fresh})
 
 
 _worker_client: redis.Redis | None = None
@@ -89,18 +93,19 @@ def _connect_worker(redis_url: str) -> None:
     _worker_client = connect(redis_url)
 
 
-def _write_in_worker(settings: Settings, videos: dict[str, str], only_new: bool) -> int:
+def _write_in_worker(settings: Settings, videos: dict[str, str], only_new: bool, model_id: str | None) -> int:
     assert _worker_client is not None
-    return enqueue_videos(_worker_client, settings, videos, only_new=only_new)
+    return enqueue_videos(_worker_client, settings, videos, only_new=only_new, model_id=model_id)
 
 
 class BatchWriter:
     """Writes batches in this process, or from the second batch on in a pool of forked processes;
     ``enqueued`` counts the videos written once every batch is done."""
 
-    def __init__(self, settings: Settings, processes: int, only_new: bool) -> None:
+    def __init__(self, settings: Settings, processes: int, only_new: bool, model_id: str | None = None) -> None:
         self.settings = settings
         self.only_new = only_new
+        self.model_id = model_id
         self.enqueued = 0
         # Forking a process that runs other threads can deadlock it: stay in this process then.
         self.processes = processes if threading.active_count() == 1 else 1
@@ -113,14 +118,14 @@ class BatchWriter:
         if not videos:
             return
         if self.processes <= 1 or self.batches == 1:
-            self.enqueued += enqueue_videos(client, self.settings, videos, only_new=self.only_new)
+            self.enqueued += enqueue_videos(client, self.settings, videos, self.only_new, self.model_id)
             return
         if self.pool is None:
             fork = multiprocessing.get_context("fork")
             self.pool = ProcessPoolExecutor(
                 self.processes, mp_context=fork, initializer=_connect_worker, initargs=(self.settings.redis_url,)
             )
-        self.in_flight.append(self.pool.submit(_write_in_worker, self.settings, videos, self.only_new))
+        self.in_flight.append(self.pool.submit(_write_in_worker, self.settings, videos, self.only_new, self.model_id))
         while len(self.in_flight) > 2 * self.processes:
             self.enqueued += self.in_flight.popleft().result()
 

@@ -76,7 +76,7 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
 
     assert counts(pipeline_env) == collections.Counter(expected.values())
     client = redis.Redis.from_url(pipeline_env["MOMENTS_REDIS_URL"])
-    failure = json.loads(client.hget("moments:failed", "batch/corrupt.mp4"))
+    failure = json.loads(client.hget("moments:failed", f"{pipeline_env['MOMENTS_BUCKET']}/batch/corrupt.mp4"))
     assert "cannot decode" in failure["error"]
     assert client.hlen("moments:pending") == 0
     table = run(pipeline_env, "aggregator", "counts")

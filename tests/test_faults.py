@@ -180,16 +180,17 @@ def test_video_that_kills_its_consumer_on_every_attempt_is_recorded_failed(env: 
     aggregator = start(env, "aggregator", "run")
     consumers = start(env, "consumer", "start", "--workers", "2")
     client = client_for(env)
+    killer = f"{env['MOMENTS_BUCKET']}/in/killer.mp4"
     killed: set[str] = set()  # a killed worker looks busy until its lease lapses
     for attempt in range(2):
-        wait_until(lambda: worker_busy_with(client, "in/killer.mp4", killed), 180, f"attempt {attempt + 1}")
-        victim = worker_busy_with(client, "in/killer.mp4", killed)
+        wait_until(lambda: worker_busy_with(client, killer, killed), 180, f"attempt {attempt + 1}")
+        victim = worker_busy_with(client, killer, killed)
         os.kill(victim.pid, signal.SIGKILL)
         killed.add(victim.name)
     summaries = finish(env, consumers)
     stop_aggregator(aggregator)
 
-    failure = json.loads(client.hget("moments:failed", "in/killer.mp4"))
+    failure = json.loads(client.hget("moments:failed", killer))
     assert "consumer died while classifying it on every attempt" in failure["error"]
     assert client.hlen("moments:failed") == 1
     assert counts(env) == collections.Counter(expected.values())
@@ -296,16 +297,17 @@ def test_ten_good_and_eight_bad_inputs(env: dict[str, str], tmp_path: Path) -> N
     assert counts(env) == collections.Counter(expected.values())
     assert client.hlen(predictions_key(client)) == 10
     failed = {json.loads(raw)["video"]: json.loads(raw)["error"] for raw in client.hvals("moments:failed")}
-    assert set(failed) == {f"mixed/{name}" for name in errors}
+    bucket = env["MOMENTS_BUCKET"]
+    assert set(failed) == {f"{bucket}/mixed/{name}" for name in errors}
     for name, words in errors.items():
-        assert words in failed[f"mixed/{name}"], (name, failed[f"mixed/{name}"])
+        assert words in failed[f"{bucket}/mixed/{name}"], (name, failed[f"{bucket}/mixed/{name}"])
     assert all(summary["reason"] != "crashed" for summary in summaries)  # workers carried on
 
     listed = run(env, "consumer", "failures")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 8
     requeued = run(env, "consumer", "requeue", "mixed/empty.mp4", "mixed/nope.mp4")
     assert requeued.stdout.strip() == "requeued 1" and "mixed/nope.mp4" in requeued.stderr
-    assert client.hget("moments:pending", "mixed/empty.mp4") is not None
+    assert client.hget("moments:pending", f"{bucket}/mixed/empty.mp4") is not None
     assert client.llen("rq:queue:moments-videos") == 1 and client.hlen("moments:failed") == 7
 
 

@@ -174,3 +174,26 @@ def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis)
 
 def test_sorted_counts() -> None:
     assert ledger.sorted_counts({"b": 2, "a": 2, "c": 5}) == [("c", 5), ("a", 2), ("b", 2)]
+
+
+def test_a_reclassify_waits_for_its_own_model(redis_client: redis.Redis) -> None:
+    """A job for OTHER_MODEL: an outcome of the old model (a consumer still running it) counts under
+    that model only, and the video stays pending until OTHER_MODEL's outcome arrives."""
+    from moments_stream.videos import pending_entry
+
+    redis_client.hset(KEYS.seen(), "b/a.mp4", "10:1")
+    redis_client.hset(KEYS.pending(), "b/a.mp4", pending_entry("10:1", OTHER_MODEL))
+    assert ledger.record_prediction(redis_client, KEYS, prediction("b/a.mp4", "juggling")) is RECORDED
+    assert ledger.pending_count(redis_client, KEYS) == 1
+    other = prediction("b/a.mp4", "running", model_id=OTHER_MODEL)
+    assert ledger.record_prediction(redis_client, KEYS, other) is RECORDED
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert ledger.counts(redis_client, KEYS, OTHER_MODEL) == {"running": 1}
+
+
+def test_pending_entry_for_any_model_is_cleared_by_any(redis_client: redis.Redis) -> None:
+    from moments_stream.videos import pending_entry
+
+    redis_client.hset(KEYS.pending(), "b/a.mp4", pending_entry("10:1", None))
+    ledger.record_prediction(redis_client, KEYS, prediction("b/a.mp4", "juggling", model_id=OTHER_MODEL))
+    assert ledger.pending_count(redis_client, KEYS) == 0

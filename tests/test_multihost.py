@@ -116,6 +116,7 @@ class Run:
     deployment: Deployment
     base: dict[str, str]
     namespace: str
+    bucket: str
     expected: dict[str, str]  # clip name -> top-1 from `consumer classify`
     logs: Path
     barrier: Path
@@ -169,7 +170,7 @@ def pipeline(deployment: Deployment, tmp_path: Path, checkpoint_v1: Path, catego
     expected = direct_top1(dict(base, MOMENTS_REDIS_URL="redis://127.0.0.1:1/0"), make_clips(folder, range(12)))
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    run = Run(deployment, base, namespace, expected, tmp_path / "logs", barrier)
+    run = Run(deployment, base, namespace, bucket, expected, tmp_path / "logs", barrier)
     yield run
     for host in deployment.workers + deployment.operators:
         for process in host.processes:
@@ -241,7 +242,7 @@ def held_pid(run: Run, video: str) -> int:
 def test_worker_host_cut_off_mid_video_then_back(pipeline: Run, tmp_path: Path) -> None:
     run, deployment = pipeline, pipeline.deployment
     client = deployment.observer()
-    video = "in/clip00.mp4"
+    video = f"{run.bucket}/in/clip00.mp4"
     hold(run, video)
     upload_and_enqueue(run, deployment.operators[0], tmp_path / "in")
     aggregator = run.start(deployment.operators[0], "aggregator", "run")
@@ -291,7 +292,7 @@ def start_with_a_video_held(run: Run, video: str):
 def test_worker_host_killed_outright_mid_video(pipeline: Run) -> None:
     run, deployment = pipeline, pipeline.deployment
     client = deployment.observer()
-    video = "in/clip03.mp4"
+    video = f"{run.bucket}/in/clip03.mp4"
     aggregator, _ = start_with_a_video_held(run, video)
     doomed, survivor = deployment.workers
     doomed.kill_everything()  # the launcher, its Lithops functions, everything on the host
@@ -307,7 +308,7 @@ def test_worker_host_killed_outright_mid_video(pipeline: Run) -> None:
 
 def test_redis_host_restarted_mid_run(pipeline: Run) -> None:
     run, deployment = pipeline, pipeline.deployment
-    video = "in/clip05.mp4"
+    video = f"{run.bucket}/in/clip05.mp4"
     aggregator, worker_one = start_with_a_video_held(run, video)
     consumers = [worker_one, run.start(deployment.workers[1], "consumer", "start", "--workers", "1")]
     deployment.stop_redis()
@@ -324,7 +325,7 @@ def test_redis_host_restarted_mid_run(pipeline: Run) -> None:
 def test_storage_host_unreachable_for_a_while(pipeline: Run) -> None:
     run, deployment = pipeline, pipeline.deployment
     client = deployment.observer()
-    video = "in/clip07.mp4"
+    video = f"{run.bucket}/in/clip07.mp4"
     aggregator, worker_one = start_with_a_video_held(run, video)
     storage_address = deployment.storage.addresses["backend"]
     worker = deployment.workers[0]

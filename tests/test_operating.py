@@ -58,7 +58,8 @@ def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path)
     recorded = [event for event in events if event["event"] == "video_recorded"]
     assert sorted(event["outcome"] for event in recorded) == ["counted"] * 4 + ["failed"]
     for event in recorded:
-        assert event["video"].startswith("videos/") and event["worker"] and event["level"] in ("info", "warning")
+        assert event["video"].startswith(f"{env['MOMENTS_BUCKET']}/videos/") and event["worker"]
+        assert event["level"] in ("info", "warning")
         if event["outcome"] == "counted":
             assert min(event["decode_ms"], event["infer_ms"], event["total_ms"]) > 0
     assert not [line for line in done.stderr.splitlines() if "lithops" in line.lower() and "INFO" in line]
@@ -93,7 +94,8 @@ def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path)
     with out.open(newline="") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 5 and not (tmp_path / "export.csv.partial").exists()
-    assert [row["video"] for row in table if row["outcome"] == "failed"] == ["videos/corrupt.mp4"]
+    failed_rows = [row["video"] for row in table if row["outcome"] == "failed"]
+    assert failed_rows == [f"{env['MOMENTS_BUCKET']}/videos/corrupt.mp4"]
 
     # A second model re-classifies the same videos: its counts go to its own hash.
     weights_b = tmp_path / "b.pth.tar"
@@ -152,4 +154,5 @@ def test_producer_watch_enqueues_a_later_upload_once(env: dict[str, str], tmp_pa
         out, err = watch.communicate(timeout=60)
     assert watch.returncode == 0, err
     assert out.strip() == "enqueued 2 while watching"
-    assert {key.decode() for key in client.hkeys("moments:seen")} == {"in/clip40.mp4", "in/clip41.mp4"}
+    bucket = env["MOMENTS_BUCKET"]
+    assert {key.decode() for key in client.hkeys("moments:seen")} == {f"{bucket}/in/clip{n}.mp4" for n in (40, 41)}

@@ -76,12 +76,27 @@ def test_enqueue_only_new_or_replaced(redis_client: redis.Redis, redis_url: str)
     replaced = [StoredObject("v/0.mp4", 11, "2"), StoredObject("v/9.mp4", 10, "1"), *objects[1:]]
     third = enqueue_objects(redis_client, settings, replaced)
     assert (third.enqueued, third.skipped) == (2, 4)
-    assert redis_client.hget(Keys().pending(), "v/0.mp4") == b"11:2"
+    # A video is named by bucket and key: the same key in another bucket is another video.
+    video = f"{settings.bucket}/v/0.mp4"
+    assert json.loads(redis_client.hget(Keys().pending(), video)) == {"fingerprint": "11:2", "model": None}
     job = video_queue(redis_client, settings).jobs[0]
-    assert job.func_name == "consumer.jobs.classify_video" and job.args == ["v/0.mp4", "10:1"]
+    assert job.func_name == "consumer.jobs.classify_video" and job.args == [video, "10:1", None]
     # Jobs are plain JSON in Redis (rq's JSONSerializer), never a pickle that could run code on load.
     stored = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.id}", "data")))  # rq zlib-compresses it
-    assert stored == ["consumer.jobs.classify_video", None, ["v/0.mp4", "10:1"], {}]
+    assert stored == ["consumer.jobs.classify_video", None, [video, "10:1", None], {}]
+    elsewhere = enqueue_objects(redis_client, settings.replace(bucket="other-bucket"), objects)
+    assert (elsewhere.enqueued, elsewhere.skipped) == (5, 0)
+
+
+def test_reclassify_jobs_name_their_model(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    objects = [StoredObject(f"v/{i}.mp4", 10, "1") for i in range(2)]
+    enqueue_objects(redis_client, settings, objects)
+    again = enqueue_objects(redis_client, settings, objects, reclassify=True, model_id="v1-new")
+    assert (again.enqueued, again.skipped) == (2, 0)
+    video = f"{settings.bucket}/v/0.mp4"
+    assert json.loads(redis_client.hget(Keys().pending(), video)) == {"fingerprint": "10:1", "model": "v1-new"}
+    assert video_queue(redis_client, settings).jobs[-1].args == [f"{settings.bucket}/v/1.mp4", "10:1", "v1-new"]
 
 
 def test_large_listings_are_written_by_worker_processes_exactly_once(redis_client: redis.Redis, redis_url: str) -> None:
@@ -91,7 +106,7 @@ def test_large_listings_are_written_by_worker_processes_exactly_once(redis_clien
     assert (report.enqueued, report.skipped) == (3500, 0)
     queue = video_queue(redis_client, settings)
     assert len(queue) == 3500
-    assert sorted(job.args[0] for job in queue.jobs) == [item.key for item in objects]
+    assert sorted(job.args[0] for job in queue.jobs) == [f"{settings.bucket}/{item.key}" for item in objects]
     assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 3500
     again = enqueue_objects(redis_client, settings, objects, processes=2)
     assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500

@@ -51,7 +51,7 @@ def test_enqueue_pages_through_more_than_1000_keys(
 
     first = enqueue_prefix(settings, "many/")
     assert (first.enqueued, first.skipped, first.ignored) == (len(keys), 0, 1)
-    assert {key.decode() for key in redis_client.hkeys("moments:pending")} == set(keys)
+    assert {key.decode() for key in redis_client.hkeys("moments:pending")} == {f"{bucket}/{key}" for key in keys}
     again = enqueue_prefix(settings, "many/")
     assert (again.enqueued, again.skipped) == (0, len(keys))
 

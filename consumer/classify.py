@@ -69,11 +69,21 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def model_id_for(release: str, weights: Path, categories: list[str]) -> str:
-    """Names the model by content: release, weights hash and category-list hash."""
+def model_id_for(release: str, weights: Path, categories: list[str], synthetic: bool = False) -> str:
+    """Names the model by content: release, weights hash and category-list hash (random test
+    weights marked ``synthetic-``, so no view passes them off as real)."""
     weights_hash = assets.sha256_of(weights)[:12]
     categories_hash = hashlib.sha256("\n".join(categories).encode()).hexdigest()[:8]
-    return f"{release}-{weights_hash}-{categories_hash}"
+    model_id = f"{release}-{weights_hash}-{categories_hash}"
+    return SYNTHETIC_MODEL_PREFIX + model_id if synthetic else model_id
+
+
+def configured_model_id(settings: Settings) -> str:
+    """The id of the model ``settings`` name, as a consumer loading them would report it
+    (downloads the weights into the cache if they are a URL not fetched yet)."""
+    weights_path, categories_path = resolve_model_files(settings, progress=False)
+    _, synthetic = load_checkpoint(weights_path)
+    return model_id_for(settings.release.name, weights_path, assets.load_categories(categories_path), synthetic)
 
 
 @dataclass
@@ -150,9 +160,8 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
     model = prepare_for_inference(model, options)
     if settings.compile:
         warm_up(model, options, settings.num_frames)
-    model_id = model_id_for(release.name, weights_path, categories)
+    model_id = model_id_for(release.name, weights_path, categories, synthetic)
     if synthetic:
-        model_id = SYNTHETIC_MODEL_PREFIX + model_id
         log.warning(
             "synthetic_weights",
             weights=str(weights_path),

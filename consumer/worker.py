@@ -202,8 +202,6 @@ def run_consumer(
             classifier, client, lithops_storage(settings), open_results_queue(client, settings), settings, worker_id
         )
     )
-    # The newest model a consumer runs is what `producer enqueue --reclassify` targets by default.
-    client.zadd(settings.keys.consumer_models(), {classifier.model_id: time.time()}, nx=True)
     decode_threads = decode_threads_for(settings, classifier.options.device)
     if decode_threads > 1:
         classifier.share_across_threads(max_videos=decode_threads)

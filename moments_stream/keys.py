@@ -78,11 +78,6 @@ class Keys:
         the aggregator could not read; kept for a person to look at, never retried."""
         return self._key("dead-letters")
 
-    def consumer_models(self) -> str:
-        """Sorted set: model id -> time a consumer first ran it. The newest is the model that
-        ``producer enqueue --reclassify`` targets unless told another."""
-        return self._key("consumer-models")
-
     def stop_consumers(self) -> str:
         """String, set by ``consumer stop``: consumers finish their video and exit; none is relaunched."""
         return self._key("consumers", "stop")

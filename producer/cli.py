@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
-from moments_stream.errors import ConfigError
+from moments_stream.errors import ConfigError, MomentsError
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, ensure_redis
@@ -49,27 +49,31 @@ def enqueue_pass(
     return report, listed
 
 
-def reclassify_target(client: redis.Redis, settings: Settings, requested: str | None) -> str:
-    """The model a ``--reclassify`` is for: the one named, else the newest model a consumer runs."""
+def reclassify_target(settings: Settings, requested: str | None) -> str:
+    """The model a ``--reclassify`` is for: the one named, else the one this producer's model settings
+    (MOMENTS_WEIGHTS, MOMENTS_CATEGORIES, MOMENTS_MODEL) name, identified as a consumer would."""
     if requested:
         return requested
-    newest = client.zrevrange(settings.keys.consumer_models(), 0, 0)
-    if not newest:
+    from consumer.classify import configured_model_id  # torch: only --reclassify needs it
+
+    try:
+        return configured_model_id(settings)
+    except MomentsError as error:
         raise ConfigError(
-            "no consumer has run a model yet, so --reclassify cannot tell which model the videos are for",
-            fix="start consumers with the new weights first (consumer start), or name the model with --model ID",
-        )
-    return newest[0].decode()
+            f"--reclassify needs the model the videos are for; the configured weights cannot be read: {error.message}",
+            fix="make MOMENTS_WEIGHTS readable here, or name the model with --for-model ID (as `consumer classify "
+            "--json` or the consumers' model_loaded event prints it)",
+        ) from None
 
 
 def enqueue_prefix(
     settings: Settings, prefix: str, reclassify: bool = False, model_id: str | None = None
 ) -> EnqueueReport:
     """Enqueue what is new under ``prefix``; with ``reclassify``, every video again, for ``model_id``
-    (default: the newest model a consumer runs)."""
-    client = ensure_redis(settings)
-    target = reclassify_target(client, settings, model_id) if reclassify else None
-    report, listed = enqueue_pass(client, lithops_storage(settings), settings, prefix, reclassify, target)
+    (default: the model the settings name)."""
+    target = reclassify_target(settings, model_id) if reclassify else None
+    client, storage = ensure_redis(settings), lithops_storage(settings)
+    report, listed = enqueue_pass(client, storage, settings, prefix, reclassify, target)
     if listed == 0:
         raise ConfigError(
             f"no objects under prefix {prefix!r} in bucket {settings.bucket!r}",
@@ -126,7 +130,7 @@ def normalise_prefix(prefix: str) -> str:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.model_id and not args.reclassify:
-        print("--model goes with --reclassify", file=sys.stderr)
+        print("--for-model goes with --reclassify", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
     print(enqueue_prefix(settings, normalise_prefix(args.prefix), args.reclassify, args.model_id))
@@ -156,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "--reclassify", action="store_true", help="enqueue every video, even those enqueued before (new weights)"
     )
-    enqueue.add_argument("--model", dest="model_id", metavar="ID",
-                         help="with --reclassify: the model id the videos are for (default: the newest model a "
-                         "consumer runs; consumers of other models hand these jobs back and stop)")  # fmt: skip
+    enqueue.add_argument("--for-model", dest="model_id", metavar="ID",
+                         help="with --reclassify: the model id the videos are for (default: the model MOMENTS_WEIGHTS "
+                         "names); consumers of other models hand these jobs back and stop")  # fmt: skip
     watch = add_command(
         sub, cmd_watch, "watch", help="enqueue new uploads under PREFIX as they appear, until Ctrl-C", redis=True
     )

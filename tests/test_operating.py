@@ -156,3 +156,40 @@ def test_producer_watch_enqueues_a_later_upload_once(env: dict[str, str], tmp_pa
     assert out.strip() == "enqueued 2 while watching"
     bucket = env["MOMENTS_BUCKET"]
     assert {key.decode() for key in client.hkeys("moments:seen")} == {f"{bucket}/in/clip{n}.mp4" for n in (40, 41)}
+
+
+def test_reclassify_reaches_the_new_model_while_old_consumers_run(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    clips = make_clips(folder, range(90, 94))
+    expected_a = direct_top1(env, clips)
+    assert run(env, "producer", "upload", str(folder), "in/").returncode == 0
+    assert run(env, "producer", "enqueue", "in/").returncode == 0
+    client = client_for(env)
+    aggregator = start(env, "aggregator", "run")
+    old_consumers = start(env, "consumer", "start", "--workers", "1")
+    wait_until(lambda: client.hlen("moments:pending") == 0, 180, "the old model's pass")
+    model_a = current_model(client)
+
+    weights_b = tmp_path / "b.pth.tar"
+    torch.save(make_synthetic_checkpoint(339, seed=11), weights_b)
+    env_b = dict(env, MOMENTS_WEIGHTS=str(weights_b))
+    expected_b = direct_top1(env_b, clips)
+    reclassify = run(env_b, "producer", "enqueue", "in/", "--reclassify")
+    assert reclassify.stdout.strip() == "enqueued 4, skipped 0", reclassify.stderr
+    # The old model's consumer is the only one running: it takes a job for the new model, hands it
+    # back and retires instead of clearing it with the old model's outcome.
+    out, err = old_consumers.communicate(timeout=180)
+    assert old_consumers.returncode == 0, err[-3000:]
+    assert [json.loads(line)["reason"] for line in out.splitlines()] == ["superseded"]
+    assert client.hlen("moments:pending") == 4
+
+    new_consumers = run(env_b, "consumer", "start", "--workers", "1", "--idle-exit", "5", timeout=300)
+    assert new_consumers.returncode == 0, new_consumers.stderr[-3000:]
+    wait_until(lambda: client.hlen("moments:pending") == 0, 60, "the new model's pass to be recorded")
+    aggregator.send_signal(signal.SIGINT)
+    report, _ = aggregator.communicate(timeout=60)
+    model_b = current_model(client)
+    assert model_b != model_a
+    assert counts_of(client, model_b) == collections.Counter(expected_b.values())
+    assert counts_of(client, model_a) == collections.Counter(expected_a.values())
+    assert "recovered from outbox 0," in report, report

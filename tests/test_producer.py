@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -22,10 +23,12 @@ from moments_stream.queues import enqueue_videos, video_queue
 from moments_stream.redis_conn import connect, lithops_redis_section, redact
 from moments_stream.settings import Settings
 from producer.cli import enqueue_prefix, normalise_prefix
-from producer.enqueue import BatchWriter, enqueue_objects
+from producer.enqueue import enqueue_objects
 from producer.listing import StoredObject, is_video_key, iter_localhost
 from producer.upload import upload_directory
 from tests.redis_server import free_port, running_redis
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -110,12 +113,18 @@ def test_large_listings_are_written_by_worker_processes_exactly_once(redis_clien
     assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 3500
     again = enqueue_objects(redis_client, settings, objects, processes=2)
     assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500
-    assert threading.active_count() == 1, "the writer forks only when no other thread runs"
-    with BatchWriter(settings, processes=2, only_new=True) as writer:
-        writer.write(redis_client, {"big/x.mp4": "1:1"})
-        writer.write(redis_client, {"big/y.mp4": "1:1"})
-        assert writer.pool is not None  # the second batch went to a forked worker process
-    assert len(queue) == 3502 and writer.enqueued == 2
+    # In a fresh process (no other thread, so forking is safe) the second batch goes to a forked worker.
+    script = (
+        "import sys\nfrom moments_stream.settings import Settings\nfrom moments_stream.redis_conn import connect\n"
+        "from producer.enqueue import BatchWriter\n"
+        "settings = Settings.from_env({}).replace(redis_url=sys.argv[1])\nclient = connect(sys.argv[1])\n"
+        "with BatchWriter(settings, processes=2, only_new=True) as writer:\n"
+        "    writer.write(client, {'big/x.mp4': '1:1'})\n    writer.write(client, {'big/y.mp4': '1:1'})\n"
+        "    assert writer.pool is not None\nprint(writer.enqueued)\n"
+    )
+    forked = subprocess.run([sys.executable, "-c", script, redis_url], capture_output=True, text=True, cwd=REPO)
+    assert forked.returncode == 0 and forked.stdout.strip() == "2", forked.stderr
+    assert len(queue) == 3502
 
 
 def test_a_producer_that_lost_the_race_enqueues_nothing(redis_client: redis.Redis, redis_url: str) -> None:

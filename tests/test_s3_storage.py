@@ -94,7 +94,8 @@ def test_pipeline_with_storage_on_s3(
         assert counts(env) == collections.Counter(expected.values())
         client = client_for(env)
         failed = {video.decode(): json.loads(raw)["error"] for video, raw in client.hgetall("moments:failed").items()}
-        assert list(failed) == ["videos/broken file.mp4"] and "cannot decode" in failed["videos/broken file.mp4"]
+        broken = f"{bucket}/videos/broken file.mp4"
+        assert list(failed) == [broken] and "cannot decode" in failed[broken]
         stored = {
             obj["Key"] for obj in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket, Prefix="videos/ü")["Contents"]
         }

@@ -43,6 +43,9 @@ class Prediction:
     decode_ms: float
     infer_ms: float
     synthetic_weights: bool = False
+    # How the frames were reached ("seek" or "walk", see consumer.frames) and the stream's codec.
+    sampling: str = ""
+    codec: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,7 +119,7 @@ class Classifier:
 
     def classify_file(self, path: str, name: str | None = None) -> Prediction:
         started = time.perf_counter()
-        sampled = read_frames(path, self.num_frames, self.max_decoded_frames, keep=resize_frame)
+        sampled = read_frames(path, self.num_frames, self.max_decoded_frames, keep=resize_frame, name=name)
         decoded = time.perf_counter()
         top = self.classify_frames(sampled.frames)
         inferred = time.perf_counter()
@@ -128,6 +131,8 @@ class Classifier:
             decode_ms=round((decoded - started) * 1000, 2),
             infer_ms=round((inferred - decoded) * 1000, 2),
             synthetic_weights=self.synthetic_weights,
+            sampling=sampled.method,
+            codec=sampled.codec,
         )
 
 

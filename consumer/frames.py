@@ -1,22 +1,39 @@
-"""Frame sampling: which frames to take, and taking them with OpenCV.
+"""Frame sampling: which frames to take (pure), and taking them from any video with PyAV (the edge).
 
-``sample_indices`` is the pure part (segment centres, as TSN-style video models expect);
-``read_frames`` is the I/O edge. It walks the stream once with ``grab()`` and decodes to
-pixels (``retrieve()``) only the frames it keeps, because seeking in H.264 is several times
-slower than grabbing sequentially and most frames are never needed.
+``sample_indices`` gives the release's segment centres over the whole clip. ``read_frames`` takes
+them with FFmpeg through PyAV, chosen by measurement (bench/README.md): it decodes every common
+codec (AV1 included, through libdav1d, which OpenCV's wheels lack), seeks, decodes with threads,
+and converts to RGB only the frames it keeps.
+
+Two ways to reach the sampled frames, and the prediction says which was used:
+- ``seek``: where timestamps are sane (a constant frame rate that agrees with the stream's
+  duration and frame count), frame ``i`` is the one at time ``i / fps``. Samples close together
+  are reached by decoding forward; a sample far ahead by seeking to the keyframe before it and
+  decoding forward to it. Decode work is bounded by the samples, not the duration, and the frames
+  are those a full walk would give.
+- ``walk``: where timestamps cannot be trusted (variable frame rate, no duration, missing or
+  broken timestamps, a container that lies about its length), the packets are counted (no
+  decoding) and one decoding pass keeps the sampled frames; at most ``max_frames`` are walked.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
-import cv2
+import av
 import numpy as np
 
 from moments_stream.errors import VideoDecodeError
 from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES
+
+# A sample at most this many frames ahead is reached by decoding forward, not by seeking: a seek
+# decodes from the keyframe before it (x264's default keyframe interval is 250 frames).
+SEEK_GAP_FRAMES = 300
+# Timestamps are "sane" when the frame count they imply is within this of the stream's own count.
+FRAME_COUNT_TOLERANCE = 0.01
 
 
 def sample_indices(frame_count: int, num_frames: int) -> list[int]:
@@ -39,56 +56,182 @@ class SampledFrames:
     frames: np.ndarray
     frame_count: int
     indices: tuple[int, ...]
-
-
-def _open(path: str) -> cv2.VideoCapture:
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "file does not exist")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "file is empty (0 bytes)")
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        capture.release()
-        raise VideoDecodeError(path, "not a video OpenCV/ffmpeg can open (corrupt, truncated or unsupported)")
-    return capture
+    method: str  # "seek" or "walk"
+    codec: str
 
 
 FrameTransform = Callable[[np.ndarray], np.ndarray]
 
 
-def _collect(
-    path: str, wanted: Sequence[int], max_frames: int, keep: FrameTransform | None
-) -> tuple[dict[int, np.ndarray], int]:
-    """One sequential pass: the wanted frames as RGB, and the true number of frames.
+@dataclass(frozen=True)
+class Timeline:
+    """How frame indices map to timestamps in a stream whose timestamps are sane."""
 
-    The container's frame count can be wrong or zero, so the stream is walked to its end
-    (``grab`` without ``retrieve`` is cheap) to learn the real count.
-    """
+    frame_count: int
+    fps: Fraction
+    time_base: Fraction
+    start_pts: int
+
+    def pts_of(self, index: int) -> int:
+        return self.start_pts + round(index / (self.fps * self.time_base))
+
+
+
+def timeline_of(stream: av.video.stream.VideoStream, container_duration_us: int | None) -> Timeline | None:
+    """The stream's timeline when its timestamps can address frames, else ``None`` (walk instead)."""
+    fps, guessed, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
+    if not fps or not time_base or fps <= 0:
+        return None
+    if guessed and abs(float(guessed) - float(fps)) > float(fps) * FRAME_COUNT_TOLERANCE:
+        return None  # variable frame rate: time does not tell the frame index
+    if stream.duration:
+        seconds = float(stream.duration * time_base)
+    elif container_duration_us:
+        seconds = container_duration_us / 1_000_000
+    else:
+        return None
+    implied = round(seconds * float(fps))
+    if implied < 1:
+        return None
+    if stream.frames and abs(stream.frames - implied) > max(2, implied * FRAME_COUNT_TOLERANCE):
+        return None
+    return Timeline(stream.frames or implied, Fraction(fps), Fraction(time_base), stream.start_time or 0)
+
+
+def _to_rgb(frame: av.VideoFrame, keep: FrameTransform | None) -> np.ndarray:
+    """The frame as RGB, turned upright as its display matrix asks (phones record rotated)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = (int(frame.rotation or 0) // 90) % 4
+    if quarter_turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+    return keep(rgb) if keep is not None else rgb
+
+
+class _Decoder:
+    """One open video: its first video stream, decoded with threads, errors named for the user."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path, self.name = path, name
+        self.size = os.path.getsize(path)
+        self._open()
+
+    def _open(self) -> None:
+        path, name = self.path, self.name
+        try:
+            self.container = av.open(path, metadata_errors="ignore")
+        except av.error.FFmpegError as error:
+            raise VideoDecodeError(name, f"not a video FFmpeg can read ({_reason(error)})") from None
+        if not self.container.streams.video:
+            audio = len(self.container.streams.audio)
+            self.container.close()
+            what = f"{audio} audio stream(s) and no video" if audio else "no video stream"
+            raise VideoDecodeError(name, f"the file holds {what}")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.codec = self.stream.codec_context.name if self.stream.codec_context else "unknown"
+        self.last_position = 0
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        """Decoded frames from the current position; a decoding error names the byte it happened at."""
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.pos is not None and packet.pos >= 0:
+                    self.last_position = packet.pos
+                yield from packet.decode()
+        except av.error.FFmpegError as error:
+            raise VideoDecodeError(
+                self.name,
+                f"{self.codec} stream cannot be decoded at byte {self.last_position:,} of {self.size:,} "
+                f"({_reason(error)}): truncated or corrupt",
+            ) from None
+
+    def rewind(self) -> None:
+        """Back to the first frame (reopened: a stream without sane timestamps may not seek)."""
+        self.container.close()
+        self._open()
+
+    def seek(self, pts: int) -> None:
+        self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
+
+    def count_packets(self, limit: int) -> int:
+        """How many frames the stream holds, from its packets alone (no decoding), at most ``limit``."""
+        count = 0
+        for packet in self.container.demux(self.stream):
+            if packet.size:
+                count += 1
+                if count >= limit:
+                    break
+        self.rewind()
+        return count
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _reason(error: av.error.FFmpegError) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _by_seeking(decoder: _Decoder, timeline: Timeline, wanted: Sequence[int], keep: FrameTransform | None):
+    """The wanted frames, reached by decoding forward or seeking; ``None`` when the stream does not
+    end where its timeline says (walk instead)."""
+    kept: dict[int, np.ndarray] = {}
+    frames = _indexed(decoder.frames(), timeline)
+    position = -1
+    for target in sorted(set(wanted)):
+        if target - position > SEEK_GAP_FRAMES:
+            decoder.seek(timeline.pts_of(target))
+            frames = _indexed(decoder.frames(), timeline)
+        for position, frame in frames:
+            if position < 0:
+                return None
+            if position >= target:
+                kept[target] = _to_rgb(frame, keep)
+                break
+        else:
+            return None
+    # The stream must end where its timeline says: a container that under-reports its length
+    # (an AVI header, say) would otherwise be sampled over its first part only.
+    last = timeline.frame_count - 1
+    if last - position > SEEK_GAP_FRAMES:
+        decoder.seek(timeline.pts_of(last))
+        frames = _indexed(decoder.frames(), timeline)
+    for position, _ in frames:
+        if position < 0:
+            return None
+    return kept if position == last else None
+
+
+def _indexed(frames: Iterator[av.VideoFrame], timeline: Timeline) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Frames with their index on the timeline; -1 once the timestamps stop following it (a frame
+    without one, off the frame grid, or not one frame after the previous): the stream's rate is
+    not constant after all."""
+    previous = None
+    for frame in frames:
+        if frame.pts is None:
+            yield -1, frame
+            return
+        exact = (frame.pts - timeline.start_pts) * timeline.time_base * timeline.fps
+        index = round(exact)
+        if abs(exact - index) > 0.25 or (previous is not None and index != previous + 1):
+            yield -1, frame
+            return
+        previous = index
+        yield index, frame
+
+
+def _by_walking(decoder: _Decoder, wanted: Sequence[int], max_frames: int, keep: FrameTransform | None):
+    """One decoding pass from the start keeping the wanted frames; returns them and the frames decoded."""
     wanted_set = set(wanted)
     kept: dict[int, np.ndarray] = {}
-    capture = _open(path)
-    try:
-        index = 0
-        while index < max_frames and capture.grab():
-            if index in wanted_set:
-                ok, bgr = capture.retrieve()
-                if not ok or bgr is None:
-                    raise VideoDecodeError(path, f"frame {index} could not be decoded")
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                kept[index] = keep(rgb) if keep is not None else rgb
-            index += 1
-    finally:
-        capture.release()
+    index = 0
+    for frame in decoder.frames():
+        if index >= max_frames:
+            break
+        if index in wanted_set:
+            kept[index] = _to_rgb(frame, keep)
+        index += 1
     return kept, index
-
-
-def reported_frame_count(path: str) -> int:
-    """What the container claims; may be wrong, 0 or negative."""
-    capture = _open(path)
-    try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        capture.release()
 
 
 def read_frames(
@@ -96,27 +239,52 @@ def read_frames(
     num_frames: int,
     max_frames: int = DEFAULT_MAX_DECODED_FRAMES,
     keep: FrameTransform | None = None,
+    name: str | None = None,
+    seek: bool = True,
 ) -> SampledFrames:
-    """Decode ``num_frames`` evenly spaced RGB frames of the video at ``path``.
+    """Decode ``num_frames`` RGB frames at the segment centres of the video at ``path``.
 
-    Raises :class:`VideoDecodeError` naming the file for anything that is not a decodable
-    video. ``max_frames`` bounds the walk (default: 30 minutes at 30 fps); longer videos are
-    sampled over their first ``max_frames`` frames. ``keep`` is applied to each frame as it is
-    decoded (the classifier shrinks it to the model's input size), so a 4K or 8K video holds
-    ``num_frames`` small frames in memory, not full-resolution ones.
+    Raises :class:`VideoDecodeError` naming ``name`` (the storage key; default the path) and the
+    cause for anything that is not a decodable video. ``keep`` is applied to each kept frame as it
+    is decoded (the classifier shrinks it to the model's input size), so a 4K video holds
+    ``num_frames`` small frames. ``max_frames`` bounds a walk (streams without sane timestamps);
+    ``seek=False`` forces the walk.
     """
-    claimed = reported_frame_count(path)
-    guess = min(claimed, max_frames) if claimed > 0 else 0
-    wanted = sample_indices(guess, num_frames) if guess > 0 else []
-    kept, actual = _collect(path, wanted, max_frames, keep)
-    if actual == 0:
-        raise VideoDecodeError(path, "the stream holds no decodable frames")
-    if actual != guess:
-        # The container lied about its length: sample again against the true count.
-        wanted = sample_indices(actual, num_frames)
-        kept, actual = _collect(path, wanted, max_frames, keep)
+    name = name or path
+    if not os.path.exists(path):
+        raise VideoDecodeError(name, "file does not exist")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(name, "file is empty (0 bytes)")
+    decoder = _Decoder(path, name)
+    try:
+        timeline = timeline_of(decoder.stream, decoder.container.duration) if seek else None
+        if timeline is not None:
+            wanted = sample_indices(timeline.frame_count, num_frames)
+            kept = _by_seeking(decoder, timeline, wanted, keep)
+            if kept is not None:
+                return _sampled(decoder, kept, wanted, timeline.frame_count, "seek")
+            decoder.rewind()
+        counted = decoder.count_packets(max_frames)
+        wanted = sample_indices(counted, num_frames) if counted else []
+        kept, decoded = _by_walking(decoder, wanted, max_frames, keep)
+        if decoded == 0:
+            raise VideoDecodeError(
+                name, f"no frame of its {decoder.codec} stream decodes ({decoder.size:,} bytes): truncated or corrupt"
+            )
+        if decoded != counted:  # packets that held no frame: sample again against the frames decoded
+            decoder.rewind()
+            wanted = sample_indices(decoded, num_frames)
+            kept, decoded = _by_walking(decoder, wanted, decoded, keep)
+        return _sampled(decoder, kept, wanted, decoded, "walk")
+    finally:
+        decoder.close()
+
+
+def _sampled(
+    decoder: _Decoder, kept: dict[int, np.ndarray], wanted: list[int], frame_count: int, method: str
+) -> SampledFrames:
     missing = [index for index in wanted if index not in kept]
     if missing:
-        raise VideoDecodeError(path, f"frames {missing[:5]} could not be decoded on a second pass")
+        raise VideoDecodeError(decoder.name, f"frames {missing[:5]} of its {decoder.codec} stream could not be decoded")
     frames = np.stack([kept[index] for index in wanted])
-    return SampledFrames(frames=frames, frame_count=actual, indices=tuple(wanted))
+    return SampledFrames(frames, frame_count, tuple(wanted), method, decoder.codec)

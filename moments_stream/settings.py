@@ -49,6 +49,11 @@ MODEL_RELEASES: dict[str, ModelRelease] = {
 }
 
 DEFAULT_MODEL = "v1"
+
+
+def packaged_categories(release: ModelRelease) -> Path:
+    """The release's category list as shipped in this package (byte for byte the published file)."""
+    return Path(__file__).parent / "data" / release.categories_url.rsplit("/", 1)[-1]
 # The release's test_video.py samples 16 frames per clip.
 DEFAULT_NUM_FRAMES = 16
 DEFAULT_PRECISION = "fp32"
@@ -234,7 +239,9 @@ class Settings:
 
     @property
     def categories_source(self) -> str:
-        return self.categories or self.release.categories_url
+        """``MOMENTS_CATEGORIES``, else the release's list shipped in the package (its source URL is
+        ``release.categories_url``; see moments_stream/data/README.md)."""
+        return self.categories or str(packaged_categories(self.release))
 
 
 # The consumer's rq job interface, referenced by dotted path so the producer need not import

@@ -158,3 +158,14 @@ def test_fetch_model_refuses_a_file_with_another_checksum(http_root, tmp_path: P
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0 and "expected SHA-256" in done.stderr and "fix:" in done.stderr
     assert not (tmp_path / "c" / "SHA256SUMS").exists()
+
+
+def test_packaged_category_lists_are_the_published_ones(shared_data: Path) -> None:
+    """Shipped so that an offline trial needs only `consumer make-test-checkpoint`."""
+    from moments_stream.settings import MODEL_RELEASES, packaged_categories
+
+    for release, count in (("v1", 339), ("v2", 305)):
+        packaged = packaged_categories(MODEL_RELEASES[release])
+        assert packaged.read_bytes() == (shared_data / packaged.name).read_bytes()
+        assert len(packaged.read_text().splitlines()) == count == MODEL_RELEASES[release].num_classes
+        assert Settings.from_env({"MOMENTS_MODEL": release}).categories_source == str(packaged)

@@ -22,9 +22,7 @@ import numpy as np
 import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
-from rq import Worker
 
-from moments_stream.queues import JOB_SERIALIZER
 from tests.media import synthetic_frames, write_h264
 from tests.pipeline import (
     client_for,
@@ -104,34 +102,42 @@ def start_pipeline(env: dict[str, str], folder: Path, seeds: range) -> RunningPi
     return RunningPipeline(expected, client_for(env), aggregator, consumers)
 
 
-def busy_worker(client: redis.Redis, exclude: set[str]) -> Worker | None:
-    for worker in Worker.all(connection=client, serializer=JOB_SERIALIZER):
-        if worker.name not in exclude and worker.get_state() == "busy" and worker.get_current_job_id():
-            return worker
-    return None
+def hold(barrier: Path, *names: str) -> None:
+    """Consumers stop before publishing these videos (their test barrier, MOMENTS_TEST_BARRIER_DIR)."""
+    barrier.mkdir(exist_ok=True)
+    for name in names:
+        (barrier / f"hold-{name}").touch()
+
+
+def kill_the_holder(barrier: Path, name: str) -> int:
+    """Wait until a consumer holds ``name``, let later attempts through, SIGKILL that consumer; its pid."""
+    reached = barrier / f"reached-{name}"
+    wait_until(reached.exists, 180, f"a consumer holding {name}")
+    holder = int(reached.read_text())
+    (barrier / f"hold-{name}").unlink()
+    reached.unlink()
+    os.kill(holder, signal.SIGKILL)
+    return holder
 
 
 def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    hold(barrier, "clip05.mp4", "clip17.mp4")
+    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
     pipeline = start_pipeline(env, tmp_path / "in", range(30))
     client = pipeline.client
 
-    killed: dict[str, str] = {}  # worker -> the video it was classifying
-    while len(killed) < 2:
-        wait_until(lambda: busy_worker(client, set(killed)), 120, "a consumer busy with a video", interval=0.02)
-        victim = busy_worker(client, set(killed))
-        assert victim is not None
-        video = victim.get_current_job().args[0]
-        os.kill(victim.pid, signal.SIGKILL)
-        killed[victim.name] = video
+    killed = {name: kill_the_holder(barrier, name) for name in ("clip05.mp4", "clip17.mp4")}
     summaries = finish(env, pipeline.consumers)
     stop_aggregator(pipeline.aggregator)
 
     assert counts(env) == collections.Counter(pipeline.expected.values())
     assert client.hlen("moments:failed") == 0
     assert client.hlen(predictions_key(client)) == 30
-    for worker, video in killed.items():  # the interrupted videos were finished by other consumers
+    for name, pid in killed.items():  # the interrupted videos were finished by other consumers
+        video = f"{env['MOMENTS_BUCKET']}/in/{name}"
         counted_by = json.loads(client.hget(predictions_key(client), video))["worker"]
-        assert counted_by != worker
+        assert f"-{pid}-" not in counted_by
     assert [s["reason"] for s in summaries].count("crashed") == 2  # and both were relaunched
 
 
@@ -161,32 +167,22 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     assert client.hlen("moments:failed") == 0
 
 
-def worker_busy_with(client: redis.Redis, video: str, exclude: set[str]) -> Worker | None:
-    for worker in Worker.all(connection=client, serializer=JOB_SERIALIZER):
-        job = worker.get_current_job() if worker.name not in exclude and worker.get_state() == "busy" else None
-        if job is not None and job.args and job.args[0] == video:
-            return worker
-    return None
-
-
 def test_video_that_kills_its_consumer_on_every_attempt_is_recorded_failed(env: dict[str, str], tmp_path: Path) -> None:
-    from tests.media import write_test_pattern_h264
-
-    env = dict(env, MOMENTS_JOB_RETRIES="1")  # two attempts
+    barrier = tmp_path / "barrier"
+    # Every attempt at killer.mp4 stops before publishing, so each kill lands while it is in hand.
+    hold(barrier, "killer.mp4")
+    env = dict(env, MOMENTS_JOB_RETRIES="1", MOMENTS_TEST_BARRIER_DIR=str(barrier))  # two attempts
     folder = tmp_path / "in"
     expected = direct_top1(env, make_clips(folder, range(4)))
-    write_test_pattern_h264(folder / "killer.mp4", seconds=120, width=320, height=240)  # seconds to decode
+    write_h264(folder / "killer.mp4", synthetic_frames(30, seed=99))
     upload_and_enqueue(env, folder)
     aggregator = start(env, "aggregator", "run")
     consumers = start(env, "consumer", "start", "--workers", "2")
     client = client_for(env)
     killer = f"{env['MOMENTS_BUCKET']}/in/killer.mp4"
-    killed: set[str] = set()  # a killed worker looks busy until its lease lapses
-    for attempt in range(2):
-        wait_until(lambda: worker_busy_with(client, killer, killed), 180, f"attempt {attempt + 1}")
-        victim = worker_busy_with(client, killer, killed)
-        os.kill(victim.pid, signal.SIGKILL)
-        killed.add(victim.name)
+    for _ in range(2):
+        kill_the_holder(barrier, "killer.mp4")
+        hold(barrier, "killer.mp4")  # the next attempt is held too
     summaries = finish(env, consumers)
     stop_aggregator(aggregator)
 

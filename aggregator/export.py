@@ -22,7 +22,7 @@ SCAN_BATCH = 500
 COLUMNS = (
     ["video", "outcome"]
     + [field for rank in range(1, DEFAULT_TOP_K + 1) for field in (f"top{rank}", f"top{rank}_probability")]
-    + ["model_id", "synthetic_weights", "worker", "fingerprint", "frame_count"]
+    + ["model_id", "synthetic_weights", "worker", "fingerprint", "frame_count", "codec", "sampling"]
     + ["download_ms", "decode_ms", "infer_ms", "total_ms", "error"]
 )
 

@@ -93,7 +93,8 @@ DEFAULT_RECOVER_AFTER_S = 30
 # A consumer whose storage is unreachable retries the download this long before the attempt fails
 # (and rq retries it later): an outage of the store is not the video's fault.
 DEFAULT_STORAGE_OUTAGE_S = 300
-# Frames decoded per video at most: the sequential walk stops here (30 minutes at 30 fps).
+# Frames decoded per video at most where it must be walked (no sane timestamps to seek by): the
+# walk stops here (30 minutes at 30 fps). Seekable videos are sampled over their whole length.
 DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
 # Model ids of random test checkpoints start with this, so no view passes them off as real.
 SYNTHETIC_MODEL_PREFIX = "synthetic-"

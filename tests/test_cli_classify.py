@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,26 @@ def test_make_test_checkpoint_writes_release_format(tmp_path: Path) -> None:
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint["state_dict"]["module.fc.weight"].shape == (305, 2048)
     assert checkpoint["moments_stream_synthetic"] is True
+
+
+def test_offline_trial_needs_only_a_test_checkpoint(tmp_path: Path) -> None:
+    """The category list ships with the package: weights from make-test-checkpoint are enough, for
+    a phone-style HEVC clip and an AV1 web video alike."""
+    from tests.media import ffmpeg
+
+    weights = tmp_path / "synthetic.pth.tar"
+    assert run_consumer("make-test-checkpoint", str(weights)).returncode == 0
+    source = "testsrc2=size=160x120:rate=30:duration=2"
+    hevc, av1 = tmp_path / "phone.mov", tmp_path / "web.webm"
+    ffmpeg("-f", "lavfi", "-i", source, "-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
+           "-pix_fmt", "yuv420p", str(tmp_path / "plain.mov"))  # fmt: skip
+    ffmpeg("-display_rotation", "90", "-i", str(tmp_path / "plain.mov"), "-c", "copy", str(hevc))
+    ffmpeg("-f", "lavfi", "-i", source, "-c:v", "libaom-av1", "-cpu-used", "8", "-usage", "realtime", str(av1))
+    env = {**os.environ, "MOMENTS_CACHE_DIR": str(tmp_path / "empty-cache")}
+    env.pop("MOMENTS_CATEGORIES", None)
+    done = run_consumer("classify", str(hevc), str(av1), "--json", "--weights", str(weights), env=env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["codec"], r["sampling"], r["frame_count"]) for r in records] == [("hevc", "seek", 60),
+                                                                                ("libdav1d", "seek", 60)]  # fmt: skip
+    assert all(len(r["top5"]) == 5 and r["synthetic_weights"] for r in records)

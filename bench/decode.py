@@ -1,0 +1,147 @@
+"""Decoding benchmark, run by hand: the decoders side by side on the same clips, in one run.
+
+For each clip (made here with the ffmpeg imageio-ffmpeg ships, plus the real MiT clip when
+../shared/data/juggling.mp4 is there) it takes 16 segment-centre frames and shrinks them to the
+model's input size, as a consumer does, with:
+
+- opencv-walk: the previous decoder, OpenCV's wheel walking the stream once (grab() every frame,
+  retrieve() the sampled ones), as consumer/frames.py did before PyAV;
+- pyav-walk: PyAV decoding every frame (threaded), converting only the sampled ones;
+- pyav (the consumer's default): PyAV seeking to far samples where timestamps are sane.
+
+It prints the median ms per clip of each, the ratio of a 20-minute video's decode to a 3 s
+clip's, and the decode share of a video's work at 1080p and 4K against fp32 16-frame inference.
+
+    .venv/bin/python bench/decode.py [--repeat 3] [--skip-long]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+import imageio_ffmpeg  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from consumer.frames import read_frames, sample_indices  # noqa: E402
+from consumer.model import (  # noqa: E402  # noqa: E402
+    InferenceOptions,
+    build_model,
+    checkpoint_state_dict,
+    frame_probabilities,
+    make_synthetic_checkpoint,
+    prepare_for_inference,
+)
+from consumer.preprocess import resize_frame, to_model_input  # noqa: E402
+
+FRAMES = 16
+MIT_CLIP = REPO.parent / "shared" / "data" / "juggling.mp4"
+
+
+def make_clip(path: Path, width: int, height: int, seconds: float, codec: list[str]) -> Path:
+    import subprocess
+
+    if not path.exists():
+        source = f"testsrc2=size={width}x{height}:rate=30:duration={seconds}"
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec,
+                        "-pix_fmt", "yuv420p", str(path)], check=True)  # fmt: skip
+    return path
+
+
+def opencv_walk(path: str) -> np.ndarray:
+    """The previous consumer decoder: one sequential OpenCV pass, grab() all, retrieve() the kept."""
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    wanted = set(sample_indices(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), FRAMES))
+    kept, index = [], 0
+    while capture.grab():
+        if index in wanted:
+            _, bgr = capture.retrieve()
+            kept.append(resize_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        index += 1
+    capture.release()
+    return np.stack(kept)
+
+
+def median_ms(work: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def inference_ms(repeat: int) -> float:
+    """fp32 inference of one video's 16 frames (torch's threads: all CPUs), synthetic weights."""
+    model = build_model(checkpoint_state_dict(make_synthetic_checkpoint(339, seed=0)), expected_classes=339)
+    options = InferenceOptions(precision="fp32", device="cpu", compile=False)
+    model = prepare_for_inference(model, options)
+    batch = to_model_input(np.zeros((FRAMES, 224, 224, 3), np.uint8))
+    with torch.inference_mode():
+        frame_probabilities(model, batch, options)
+        return median_ms(lambda: frame_probabilities(model, batch, options), repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-long", action="store_true", help="leave out the 20-minute video")
+    args = parser.parse_args()
+    work = Path(tempfile.gettempdir()) / "moments-bench-decode"
+    work.mkdir(exist_ok=True)
+    x264 = ["-c:v", "libx264", "-preset", "ultrafast"]
+    clips = {"3 s 340x256 H.264": make_clip(work / "short.mp4", 340, 256, 3, x264)}
+    if MIT_CLIP.exists():
+        clips["3 s MiT clip 480x480 H.264"] = MIT_CLIP
+    clips["3 s 1080p H.264"] = make_clip(work / "hd.mp4", 1920, 1080, 3, x264)
+    clips["3 s 4K H.264"] = make_clip(work / "uhd.mp4", 3840, 2160, 3, x264)
+    clips["3 s 480x480 AV1"] = make_clip(work / "av1.mp4", 480, 480, 3,
+                                         ["-c:v", "libaom-av1", "-cpu-used", "8", "-usage", "realtime"])  # fmt: skip
+    if not args.skip_long:
+        long_clip = make_clip(work / "long.mp4", 640, 360, 1200, [*x264, "-g", "250"])
+        clips["20 min 640x360 H.264 (keyframe every 250)"] = long_clip
+
+    decoders: dict[str, Callable[[str], object]] = {
+        "opencv-walk": opencv_walk,
+        "pyav-walk": lambda path: read_frames(path, FRAMES, keep=resize_frame, seek=False),
+        "pyav": lambda path: read_frames(path, FRAMES, keep=resize_frame),
+    }
+    print(f"decode of {FRAMES} frames per video, shrunk to 224x224, median of {args.repeat} runs (ms)")
+    print(f"{'clip':<44}" + "".join(f"{name:>14}" for name in decoders) + "   method")
+    results: dict[str, dict[str, float]] = {}
+    for label, path in clips.items():
+        row = {}
+        for name, decode in decoders.items():
+            try:
+                row[name] = median_ms(lambda decode=decode, path=path: decode(str(path)), args.repeat)
+            except Exception:  # OpenCV's wheel cannot decode AV1
+                row[name] = float("nan")
+        results[label] = row
+        method = read_frames(str(path), FRAMES).method
+        print(f"{label:<44}" + "".join(f"{row[name]:>14.1f}" for name in decoders) + f"   {method}")
+
+    short = results["3 s 340x256 H.264"]
+    if not args.skip_long:
+        long = next(row for label, row in results.items() if label.startswith("20 min"))
+        print(f"20-min video / 3 s clip decode: pyav {long['pyav'] / short['pyav']:.1f}x, "
+              f"opencv-walk {long['opencv-walk'] / short['opencv-walk']:.0f}x")
+    infer = inference_ms(args.repeat)
+    print(f"fp32 inference of {FRAMES} frames: {infer:.0f} ms")
+    for label in ("3 s 1080p H.264", "3 s 4K H.264"):
+        for name in ("opencv-walk", "pyav"):
+            decode = results[label][name]
+            print(f"decode share {label:<18} {name:<12} {decode / (decode + infer):6.1%}")
+
+
+if __name__ == "__main__":
+    main()

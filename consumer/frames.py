@@ -33,9 +33,6 @@ from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES
 # A sample at most this many frames ahead is reached by decoding forward, not by seeking: a seek
 # decodes from the keyframe before it (x264's default keyframe interval is 250 frames).
 SEEK_GAP_FRAMES = 300
-# Frame-threaded decoding pays from about 720p up (1080p: 0.75x the time, 4K: 0.66x on the 2-CPU
-# reference VM); below, its start-up costs more than it saves and slice threads alone are used.
-FRAME_THREADS_MIN_PIXELS = 1280 * 720
 # Timestamps are "sane" when the frame count they imply is within this of the stream's own count.
 FRAME_COUNT_TOLERANCE = 0.01
 
@@ -129,8 +126,9 @@ class _Decoder:
             what = f"{audio} audio stream(s) and no video" if audio else "no video stream"
             raise VideoDecodeError(name, f"the file holds {what}")
         self.stream = self.container.streams.video[0]
-        pixels = (self.stream.codec_context.width or 0) * (self.stream.codec_context.height or 0)
-        self.stream.thread_type = "AUTO" if pixels >= FRAME_THREADS_MIN_PIXELS else "SLICE"
+        # Frame and slice threads: on the idle 2-CPU reference VM, 0.85x the time of slice threads
+        # alone on the MiT clip, 0.66x at 4K (bench/README.md).
+        self.stream.thread_type = "AUTO"
         # One converter for every kept frame: it keeps its scaling context (2.6x faster than a new one).
         self.to_rgb = VideoReformatter()
         self.codec = self.stream.codec_context.name if self.stream.codec_context else "unknown"

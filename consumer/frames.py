@@ -190,9 +190,7 @@ def _by_seeking(decoder: _Decoder, timeline: Timeline, wanted: Sequence[int], ke
     frames = _indexed(decoder.frames(), timeline)
     position = -1
     for target in sorted(set(wanted)):
-        if target - position > SEEK_GAP_FRAMES:
-            decoder.seek(timeline.pts_of(target))
-            frames = _indexed(decoder.frames(), timeline)
+        frames = _towards(decoder, timeline, frames, position, target)
         for position, frame in frames:
             if position < 0:
                 return None
@@ -204,13 +202,22 @@ def _by_seeking(decoder: _Decoder, timeline: Timeline, wanted: Sequence[int], ke
     # The stream must end where its timeline says: a container that under-reports its length
     # (an AVI header, say) would otherwise be sampled over its first part only.
     last = timeline.frame_count - 1
-    if last - position > SEEK_GAP_FRAMES:
-        decoder.seek(timeline.pts_of(last))
-        frames = _indexed(decoder.frames(), timeline)
-    for position, _ in frames:
+    tail = _towards(decoder, timeline, frames, position, last)
+    for position, _ in tail:
         if position < 0:
             return None
     return kept if position == last else None
+
+
+def _towards(
+    decoder: _Decoder, timeline: Timeline, frames: Iterator[tuple[int, av.VideoFrame]], position: int, target: int
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Frames that lead from ``position`` to ``target``: the ones in hand when it is near, else
+    those after a seek to the keyframe before it."""
+    if target - position <= SEEK_GAP_FRAMES:
+        return frames
+    decoder.seek(timeline.pts_of(target))
+    return _indexed(decoder.frames(), timeline)
 
 
 def _indexed(frames: Iterator[av.VideoFrame], timeline: Timeline) -> Iterator[tuple[int, av.VideoFrame]]:

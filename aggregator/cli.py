@@ -120,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_model_id_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="model_id", metavar="ID",
-                        help="model id or a unique prefix of it (default: the model that counted last)")  # fmt: skip
+                        help="model id or a unique prefix of it (default: the model that counted last)")
 
 
 def add_view_options(parser: argparse.ArgumentParser, json_help: str) -> None:
@@ -135,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = add_command(sub, cmd_run, "run", help="drain predictions into the counts until interrupted", redis=True)
     run.add_argument("--idle-exit", type=float, metavar="S",
-                     help="return once nothing arrived for S seconds and no video is pending")  # fmt: skip
+                     help="return once nothing arrived for S seconds and no video is pending")
     counts = add_command(sub, cmd_counts, "counts", help="print the category counts, most frequent first", redis=True)
     add_view_options(counts, "one JSON object: model, counts, counted, pending, failed")
     status = add_command(sub, cmd_status, "status", help="pending, in flight, counted, failed, workers, ETA",
-                         redis=True)  # fmt: skip
+                         redis=True)
     add_view_options(status, "one JSON object with every figure (README: Watching a run)")
     export = add_command(sub, cmd_export, "export", help="one row per video: top-5, model, worker, timings",
-                         redis=True)  # fmt: skip
+                         redis=True)
     export.add_argument("--format", choices=FORMATS, default="jsonl")
     export.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     export.add_argument("--include-failed", action="store_true", help="also one row per failed video, with its error")

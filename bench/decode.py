@@ -54,7 +54,7 @@ def make_clip(path: Path, width: int, height: int, seconds: float, codec: list[s
     if not path.exists():
         source = f"testsrc2=size={width}x{height}:rate=30:duration={seconds}"
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec,
-                        "-pix_fmt", "yuv420p", str(path)], check=True)  # fmt: skip
+                        "-pix_fmt", "yuv420p", str(path)], check=True)
     return path
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     clips["3 s 1080p H.264"] = make_clip(work / "hd.mp4", 1920, 1080, 3, x264)
     clips["3 s 4K H.264"] = make_clip(work / "uhd.mp4", 3840, 2160, 3, x264)
     clips["3 s 480x480 AV1"] = make_clip(work / "av1.mp4", 480, 480, 3,
-                                         ["-c:v", "libaom-av1", "-cpu-used", "8", "-usage", "realtime"])  # fmt: skip
+                                         ["-c:v", "libaom-av1", "-cpu-used", "8", "-usage", "realtime"])
     if not args.skip_long:
         # x264's default keyframe interval (250 frames) and a 2 s one, common in phone and web video.
         for gop in (250, 60):

@@ -132,7 +132,7 @@ def extract_frames_seed_style(video: Path, num_frames: int, directory: Path) -> 
     hours, minutes, seconds = re.search(r"Duration: (\d+):(\d+):(\d+\.\d+)", probe.stderr).groups()
     duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     subprocess.run([ffmpeg, "-i", str(video), "-vf", f"fps={num_frames / duration}", "-vframes", str(num_frames),
-                    "-loglevel", "panic", str(directory / "%d.jpg")], check=True)  # fmt: skip
+                    "-loglevel", "panic", str(directory / "%d.jpg")], check=True)
     paths = sorted(directory.glob("*.jpg"), key=lambda path: int(path.stem))
     frames = [Image.open(path).convert("RGB") for path in paths]
     for path in paths:
@@ -176,9 +176,9 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
     client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
     run_cli(env, "producer", "upload", str(folder), "bench/")
     aggregator = subprocess.Popen([str(BIN / "aggregator"), "run"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
+                                  stderr=subprocess.DEVNULL)
     consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
 
         def workers_alive() -> int:
@@ -269,7 +269,7 @@ def main() -> int:
         baseline = seed_style(weights, categories.read_text().split("\n"), clips[: args.baseline_videos], args.frames)
         with running_redis(work / "redis") as url:
             env = dict(os.environ, **env_model, MOMENTS_REDIS_URL=url, MOMENTS_EMBEDDED_REDIS="0",
-                       MOMENTS_BUCKET=f"bench-{uuid.uuid4().hex[:8]}", MOMENTS_DATA_DIR=str(work / "data"))  # fmt: skip
+                       MOMENTS_BUCKET=f"bench-{uuid.uuid4().hex[:8]}", MOMENTS_DATA_DIR=str(work / "data"))
             latency_prefixes = []
             for index, clip in enumerate(latency_clips):
                 single = work / "latency-dirs" / f"{index:03d}"

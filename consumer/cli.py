@@ -69,7 +69,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
         path: assets.sha256_of(path) for path in resolve_model_files(settings, progress=stream_is_tty(sys.stderr))
     }
     cached = [f"{digest}  {path.relative_to(settings.cache_dir)}" for path, digest in digests.items()
-              if path.is_relative_to(settings.cache_dir)]  # fmt: skip
+              if path.is_relative_to(settings.cache_dir)]
     if cached:  # `sha256sum -c SHA256SUMS` in the cache directory re-checks them (runtime images do)
         (settings.cache_dir / "SHA256SUMS").write_text("\n".join(cached) + "\n")
     for path, digest in digests.items():
@@ -135,23 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     classify = add_command(sub, cmd_classify, "classify", help="print the top-5 categories of local video files",
-                           model=True)  # fmt: skip
+                           model=True)
     classify.add_argument("videos", nargs="+", help="video files")
     classify.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
 
     checkpoint = add_command(sub, cmd_make_test_checkpoint, "make-test-checkpoint",
-                             help="write a random-weight checkpoint in the release format (tests only)")  # fmt: skip
+                             help="write a random-weight checkpoint in the release format (tests only)")
     checkpoint.add_argument("out", help="output .pth.tar path")
     checkpoint.add_argument("--model", choices=sorted(MODEL_RELEASES))
     checkpoint.add_argument("--classes", type=int, help="class count (default: the release's)")
     checkpoint.add_argument("--seed", type=int, default=0)
 
     fetch = add_command(sub, cmd_fetch_model, "fetch-model", model=True,
-                        help="download the weights and categories into the cache; print their SHA-256")  # fmt: skip
+                        help="download the weights and categories into the cache; print their SHA-256")
     fetch.add_argument("--cache-dir", help="cache to fill (default MOMENTS_CACHE_DIR); runtime images bake it")
 
     start = add_command(sub, cmd_start, "start", help="run N long-running consumer functions on Lithops",
-                        model=True, redis=True)  # fmt: skip
+                        model=True, redis=True)
     start.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="functions to keep running")
     start.add_argument("--idle-exit", type=int, metavar="S", help="a function exits after S seconds without work")
     start.add_argument(
@@ -163,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_command(sub, cmd_stop, "stop", help="tell every running consumer to finish its current video and exit",
-                redis=True)  # fmt: skip
+                redis=True)
 
     failed = add_command(sub, cmd_failures, "failures", help="list the videos that failed, with their errors",
-                         redis=True)  # fmt: skip
+                         redis=True)
     failed.add_argument("--json", action="store_true", help="one JSON record per video")
 
     requeue = add_command(sub, cmd_requeue, "requeue", help="give failed videos another round of attempts",
-                          redis=True)  # fmt: skip
+                          redis=True)
     requeue.add_argument("videos", nargs="*", help="video keys (as `consumer failures` prints them)")
     requeue.add_argument("--all", action="store_true", help="every failed video")
     return parser

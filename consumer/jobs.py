@@ -147,7 +147,7 @@ def hand_back(context: WorkerContext, video: str, fingerprint: str, wanted_model
     enqueue_jobs_again(context.client, context.settings, {video: fingerprint}, wanted_model)
     context.superseded_by = wanted_model
     log.warning("consumer_superseded", video=video, job_model=wanted_model, model_id=context.classifier.model_id,
-                fix="start consumers with the weights of the job's model; this one stops after this job")  # fmt: skip
+                fix="start consumers with the weights of the job's model; this one stops after this job")
     return "handed back"
 
 
@@ -183,7 +183,7 @@ def classify_video(video: str, fingerprint: str, wanted_model: str | None = None
     hold_for_test(context.settings, video)
     results.publish(context.client, context.settings.keys, context.results, record)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
-             infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)  # fmt: skip
+             infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)
     return prediction.top1
 
 
@@ -193,7 +193,7 @@ def failure_message(exc_type: type, exc_value: BaseException) -> str:
         return exc_value.message
     if issubclass(exc_type, AbandonedJobError):
         return ("its consumer died while classifying it on every attempt (killed, out of memory, or past the "
-                "function's time limit): see MOMENTS_MAX_VIDEO_BYTES / MOMENTS_JOB_TIMEOUT")  # fmt: skip
+                "function's time limit): see MOMENTS_MAX_VIDEO_BYTES / MOMENTS_JOB_TIMEOUT")
     if issubclass(exc_type, JobTimeoutException):
         return f"took longer than the job timeout on every attempt (MOMENTS_JOB_TIMEOUT): {exc_value}"
     return f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__

@@ -59,7 +59,7 @@ def function_time_limit_s(config: dict, requested_s: int | None) -> int:
         return backend_limit or DEFAULT_FUNCTION_TIMEOUT_S
     if backend_limit is not None and requested_s > backend_limit:
         log.warning("function_timeout_capped", requested_s=requested_s, backend_limit_s=backend_limit,
-                    fix="raise runtime_timeout in the backend's Lithops config section")  # fmt: skip
+                    fix="raise runtime_timeout in the backend's Lithops config section")
         return backend_limit
     return requested_s
 
@@ -69,7 +69,7 @@ def with_threads_for(settings: Settings, workers: int, cpus: int) -> Settings:
     (unless set) so that together they never run more threads than cores."""
     if workers > cpus:
         log.warning("more_consumers_than_cpus", workers=workers, cpus=cpus,
-                    meaning="models compete for cores; throughput drops", fix=f"--workers {cpus}")  # fmt: skip
+                    meaning="models compete for cores; throughput drops", fix=f"--workers {cpus}")
     if settings.threads is not None:
         return settings
     return dataclasses.replace(settings, threads=threads_per_worker(cpus, workers))
@@ -96,7 +96,7 @@ def run_consumers(
     max_runtime_s = consumer_runtime_s(function_timeout_s, settings.stop_margin_s)
     executor = lithops.FunctionExecutor(config=config)
     call = {"settings": settings, "max_runtime_s": max_runtime_s, "function_timeout_s": function_timeout_s,
-            "idle_exit_s": idle_exit_s}  # fmt: skip
+            "idle_exit_s": idle_exit_s}
 
     def launch(count: int) -> list[Any]:
         return [executor.call_async(run_consumer, call) for _ in range(count)]
@@ -106,10 +106,10 @@ def run_consumers(
     relaunches_left = 3 * workers
     summaries: list[dict[str, Any]] = []
     log.info("consumers_launched", workers=workers, backend=config["lithops"]["backend"],
-             max_runtime_s=max_runtime_s, idle_exit_s=idle_exit_s)  # fmt: skip
+             max_runtime_s=max_runtime_s, idle_exit_s=idle_exit_s)
     while running:
         done, running = executor.wait(running, return_when=ANY_COMPLETED, throw_except=False,
-                                      show_progressbar=False, wait_dur_sec=1)  # fmt: skip
+                                      show_progressbar=False, wait_dur_sec=1)
         running = list(running)
         for future in done:
             try:

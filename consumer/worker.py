@@ -55,7 +55,7 @@ class ConsumerWorker(SimpleWorker):
         # from its scheduler; that normally forks a process, which a Lithops function holding a
         # model should not do, so each worker runs the same scheduler steps in its poll loop.
         self.retry_scheduler = RQScheduler(self.queues, connection=self.connection, name=self.name,
-                                           logging_level="WARNING")  # fmt: skip
+                                           logging_level="WARNING")
         self.exit_reason = "idle"
         self.jobs_run = 0
 
@@ -219,7 +219,7 @@ def run_consumer(
         for name in names
     ]
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id, decode_threads=decode_threads,
-             load_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+             load_ms=round((time.monotonic() - started) * 1000))
     if len(workers) == 1:
         work_until_done(workers[0], idle_exit_s)
     else:

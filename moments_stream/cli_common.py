@@ -26,7 +26,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 (CPU autocast), fp16 (GPU)")
     group.add_argument("--threads", type=int, help="torch threads per model (default: the CPUs each consumer gets)")
     group.add_argument("--compile", action="store_true", default=None,
-                       help="torch.compile the model once per worker (env MOMENTS_COMPILE=1)")  # fmt: skip
+                       help="torch.compile the model once per worker (env MOMENTS_COMPILE=1)")
     group.add_argument("--device", help="auto (default: cuda when available, else cpu), cpu or cuda")
 
 
@@ -57,7 +57,7 @@ def add_command(
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "compile", "device", "redis_url",
-              "bucket")  # fmt: skip
+              "bucket")
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
 
 

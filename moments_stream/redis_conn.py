@@ -143,7 +143,7 @@ def start_redis_server(
         "--pidfile", str(pidfile),
         "--logfile", str(data_dir / f"redis-{port}.log"),
         *(extra_args or []),
-    ]  # fmt: skip
+    ]
     subprocess.run(command, check=True, capture_output=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

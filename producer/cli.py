@@ -80,7 +80,7 @@ def enqueue_prefix(
             fix="check the prefix and --bucket/MOMENTS_BUCKET; `producer upload DIR PREFIX` copies local files in",
         )
     log.info("enqueued", prefix=prefix, bucket=settings.bucket, enqueued=report.enqueued,
-             skipped=report.skipped, ignored=report.ignored, model_id=target)  # fmt: skip
+             skipped=report.skipped, ignored=report.ignored, model_id=target)
     return report
 
 
@@ -119,7 +119,7 @@ def watch_prefix(settings: Settings, prefix: str, interval_s: float, stop: threa
 def upload(settings: Settings, directory: Path, prefix: str) -> UploadReport:
     report = upload_directory(lithops_storage(settings), settings.bucket, directory, prefix)
     log.info("uploaded", directory=str(directory), prefix=prefix, bucket=settings.bucket,
-             uploaded=report.uploaded, unchanged=report.unchanged)  # fmt: skip
+             uploaded=report.uploaded, unchanged=report.unchanged)
     return report
 
 
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("--for-model", dest="model_id", metavar="ID",
                          help="with --reclassify: the model id the videos are for (default: the model MOMENTS_WEIGHTS "
-                         "names); consumers of other models hand these jobs back and stop")  # fmt: skip
+                         "names); consumers of other models hand these jobs back and stop")
     watch = add_command(
         sub, cmd_watch, "watch", help="enqueue new uploads under PREFIX as they appear, until Ctrl-C", redis=True
     )

@@ -69,7 +69,7 @@ class Host:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as out:
             process = subprocess.Popen(self.command(*argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       text=True, start_new_session=True)  # fmt: skip
+                                       text=True, start_new_session=True)
         self.processes.append(process)
         return process
 

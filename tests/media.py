@@ -90,7 +90,7 @@ def ffmpeg(*args: str) -> None:
 def write_test_pattern_h264(path: Path, seconds: float, width: int, height: int, fps: int = 30) -> Path:
     """ffmpeg's moving test pattern as H.264: long or huge clips without holding frames in Python."""
     ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))  # fmt: skip
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))
     return path
 
 

@@ -46,12 +46,12 @@ def pipeline_environment(redis_url: str, checkpoint: Path, categories: Path, dat
 
 def run(env: dict[str, str], *command: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / command[0]), *command[1:]], env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout)
 
 
 def start(env: dict[str, str], *command: str) -> subprocess.Popen[str]:
     return subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)
 
 
 def client_for(env: dict[str, str]) -> redis.Redis:

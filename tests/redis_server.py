@@ -71,7 +71,7 @@ class RedisServer:
             binary = TLS_CAPABLE_BINARY
             args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
-                    "--tls-auth-clients", "no", *args]  # fmt: skip
+                    "--tls-auth-clients", "no", *args]
         start_redis_server(self.port, self.data_dir, args, binary=binary, ping_url=self.url)
 
     def stop(self) -> None:

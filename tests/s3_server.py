@@ -51,7 +51,7 @@ def running_s3(log_dir: Path) -> Iterator[str]:
 
 def s3_client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
-                        aws_secret_access_key=SECRET_KEY, region_name=REGION)  # fmt: skip
+                        aws_secret_access_key=SECRET_KEY, region_name=REGION)
 
 
 def put_many(endpoint: str, bucket: str, keys: list[str], body: bytes = b"x") -> None:
@@ -74,7 +74,7 @@ def lithops_s3_environment(backend: str, endpoint: str, internal_bucket: str, co
             "lithops": {"backend": "localhost", "storage": "minio"},
             "minio": {"endpoint": endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,
                       "storage_bucket": internal_bucket},
-        }  # fmt: skip
+        }
         extra = {}
     else:
         raise ValueError(backend)

@@ -133,7 +133,7 @@ def test_fetch_model_bakes_a_cache_that_serves_offline(
     baked = tmp_path / "opt-cache"
     env = {**os.environ, **urls, "MOMENTS_CACHE_DIR": str(baked)}
     done = subprocess.run([str(Path(sys.executable).parent / "consumer"), "fetch-model"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     printed = dict(reversed(line.split("  ", 1)) for line in done.stdout.splitlines())
     weights = assets.cache_path_for(urls["MOMENTS_WEIGHTS"], baked)
@@ -153,9 +153,9 @@ def test_fetch_model_refuses_a_file_with_another_checksum(http_root, tmp_path: P
     (root / "w.pth.tar").write_bytes(b"not the weights")
     (root / "categories.txt").write_bytes(categories_v1.read_bytes())
     env = {**os.environ, "MOMENTS_WEIGHTS": f"{base}/w.pth.tar", "MOMENTS_CATEGORIES": f"{base}/categories.txt",
-           "MOMENTS_CACHE_DIR": str(tmp_path / "c"), "MOMENTS_WEIGHTS_SHA256": "0" * 64}  # fmt: skip
+           "MOMENTS_CACHE_DIR": str(tmp_path / "c"), "MOMENTS_WEIGHTS_SHA256": "0" * 64}
     done = subprocess.run([str(Path(sys.executable).parent / "consumer"), "fetch-model"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "expected SHA-256" in done.stderr and "fix:" in done.stderr
     assert not (tmp_path / "c" / "SHA256SUMS").exists()
 

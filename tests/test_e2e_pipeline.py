@@ -65,7 +65,7 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
     assert enqueued.stdout.strip() == "enqueued 4, skipped 0", enqueued.stderr
 
     aggregator = subprocess.Popen([str(BIN / "aggregator"), "run", "--idle-exit", "5"], env=pipeline_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     consumers = run(pipeline_env, "consumer", "start", "--workers", "2", "--idle-exit", "5")
     assert consumers.returncode == 0, consumers.stderr
     summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
@@ -115,9 +115,9 @@ def test_namespaces_share_one_redis_without_touching_each_other(pipeline_env: di
     for name, env in envs.items():
         with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
             consumers[name] = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", "1"], env=env,
-                                               stdout=out, stderr=err, text=True)  # fmt: skip
+                                               stdout=out, stderr=err, text=True)
         wait_until(lambda name=name: client.scard(f"rq:workers:{name}-videos") or consumers[name].poll() is not None,
-                   120, f"a {name} consumer")  # fmt: skip
+                   120, f"a {name} consumer")
         assert consumers[name].poll() is None, (tmp_path / f"{name}.err").read_text()[-3000:]
 
     stopped = run(envs["alpha"], "consumer", "stop")

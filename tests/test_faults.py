@@ -152,7 +152,7 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     aggregator = start(env, "aggregator", "run")
     limited = dict(env, MOMENTS_STOP_MARGIN="10")
     consumers = run(limited, "consumer", "start", "--workers", "1", "--function-timeout", str(function_timeout),
-                    "--idle-exit", "5", timeout=600)  # fmt: skip
+                    "--idle-exit", "5", timeout=600)
     assert consumers.returncode == 0, consumers.stderr[-3000:]
     summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
     client = client_for(env)
@@ -212,7 +212,7 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
     # What an aggregator that died between popping a message and recording it leaves behind:
     # the message is gone from the queue.
     stolen = subprocess.run([sys.executable, "-c", STEAL_ONE_MESSAGE], env=env, capture_output=True, text=True,
-                            timeout=180)  # fmt: skip
+                            timeout=180)
     assert stolen.returncode == 0, stolen.stderr
     lost_video = json.loads(stolen.stdout)["video"]
     assert client.hexists("moments:pending", lost_video)

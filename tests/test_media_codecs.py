@@ -41,7 +41,7 @@ CODECS = [
     ("mjpeg.mov", ["-c:v", "mjpeg", "-q:v", "5", "-pix_fmt", "yuvj422p"], "mjpeg"),
     ("prores.mov", ["-c:v", "prores_ks", "-profile:v", "0"], "prores"),
     ("h264.mov", ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], "h264"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "encode", "codec"), CODECS, ids=[name for name, _, _ in CODECS])
@@ -82,7 +82,7 @@ def test_variable_frame_rate_is_walked(tmp_path: Path) -> None:
     source = make_clip(tmp_path / "cfr.mkv", "-c:v", "ffv1", seconds=2)
     # The first half at 30 fps, the second at 10 fps (every frame kept, timestamps stretched).
     ffmpeg("-i", str(source), "-vf", "setpts='if(lt(N,30),N,30+(N-30)*3)/30/TB'", "-fps_mode", "vfr",
-           "-c:v", "ffv1", str(clip))  # fmt: skip
+           "-c:v", "ffv1", str(clip))
     sampled = read_frames(str(clip), 8)
     assert sampled.method == "walk" and sampled.frame_count == 60
     reference = read_frames(str(source), 8)
@@ -99,7 +99,7 @@ def test_long_video_is_sampled_over_its_whole_length_by_seeking(tmp_path: Path) 
     """Five minutes (9,000 frames, a keyframe every 250): samples reach the last segment, and equal a
     full walk's frames."""
     clip = make_clip(tmp_path / "long.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-g", "250",
-                     "-pix_fmt", "yuv420p", w=96, h=64, seconds=300)  # fmt: skip
+                     "-pix_fmt", "yuv420p", w=96, h=64, seconds=300)
     sampled = read_frames(str(clip), 16)
     assert sampled.method == "seek" and sampled.frame_count == 9000
     assert sampled.indices[-1] == sample_indices(9000, 16)[-1] > 8400

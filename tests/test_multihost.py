@@ -61,7 +61,7 @@ class Deployment:
             "--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no", "--requirepass", PASSWORD,
             "--appendonly", "yes", "--dir", str(data), "--save", "",
             env={}, log=self.redis_log,
-        )  # fmt: skip
+        )
         wait_for_port(ops, REDIS_PORT)
 
     def stop_redis(self) -> None:
@@ -83,7 +83,7 @@ class Deployment:
         storage = lithops_s3_environment("minio", endpoint, "lithops-internal", home)
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         return {**base, **storage, "MOMENTS_REDIS_URL": self.redis_url(network), "TMPDIR": str(home / "tmp"),
-                "MOMENTS_DATA_DIR": str(home / "data")}  # fmt: skip
+                "MOMENTS_DATA_DIR": str(home / "data")}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def pipeline(deployment: Deployment, tmp_path: Path, checkpoint_v1: Path, catego
     s3_client(f"http://{deployment.storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket=bucket)
     base = pipeline_environment("unused://", checkpoint_v1, categories_v1, tmp_path / "data")
     base.update(MOMENTS_BUCKET=bucket, MOMENTS_NAMESPACE=namespace, MOMENTS_CONSUMER_LEASE="4",
-                AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)  # fmt: skip
+                AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     folder = tmp_path / "in"
     expected = direct_top1(dict(base, MOMENTS_REDIS_URL="redis://127.0.0.1:1/0"), make_clips(folder, range(12)))
     barrier = tmp_path / "barrier"
@@ -248,7 +248,7 @@ def test_worker_host_cut_off_mid_video_then_back(pipeline: Run, tmp_path: Path) 
     aggregator = run.start(deployment.operators[0], "aggregator", "run")
     held_worker, other_worker = deployment.workers
     consumers = [run.start(held_worker, "consumer", "start", "--workers", "1",
-                           MOMENTS_TEST_BARRIER_DIR=str(run.barrier))]  # fmt: skip
+                           MOMENTS_TEST_BARRIER_DIR=str(run.barrier))]
     wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
     held_worker.cut_off()
     try:
@@ -284,7 +284,7 @@ def start_with_a_video_held(run: Run, video: str):
     upload_and_enqueue(run, deployment.operators[0], run.logs.parent / "in")
     aggregator = run.start(deployment.operators[0], "aggregator", "run")
     consumers = run.start(deployment.workers[0], "consumer", "start", "--workers", "1",
-                          MOMENTS_TEST_BARRIER_DIR=str(run.barrier))  # fmt: skip
+                          MOMENTS_TEST_BARRIER_DIR=str(run.barrier))
     wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
     return aggregator, consumers
 
@@ -333,7 +333,7 @@ def test_storage_host_unreachable_for_a_while(pipeline: Run) -> None:
     try:
         release(run, video)  # worker 1 publishes it, then cannot download its next video
         wait_until(lambda: "storage_unreachable_retrying" in run.host_logs(worker), 120,
-                   "worker 1 retrying its download", interval=0.5)  # fmt: skip
+                   "worker 1 retrying its download", interval=0.5)
         assert client.hlen(run.key("failed")) == 0
     finally:
         worker.unblock(storage_address)

@@ -49,7 +49,7 @@ def put(bucket: str, key: str, data: bytes = b"video") -> None:
     ("key", "expected"),
     [("a/b.mp4", True), ("a/b.MOV", True), ("x.webm", True), ("a/b.txt", False), ("a.mp4/readme", False),
      ("noext", False), ("c.m4v", True), ("d.mkv", True), ("e.avi", True)],
-)  # fmt: skip
+)
 def test_is_video_key(key: str, expected: bool) -> None:
     assert is_video_key(key) is expected
 
@@ -139,7 +139,7 @@ def test_a_producer_that_lost_the_race_enqueues_nothing(redis_client: redis.Redi
 
 
 def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,
-                                              tmp_path: Path) -> None:  # fmt: skip
+                                              tmp_path: Path) -> None:
     settings = Settings.from_env({}).replace(redis_url=redis_url, bucket=bucket)
     (tmp_path / "in").mkdir()
     for name in ("a.mp4", "b.mp4"):
@@ -186,10 +186,10 @@ def test_redis_url_translations() -> None:
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert lithops_redis_section("rediss://user:pw@h:6380/2") == {
         "host": "h", "port": 6380, "db": 2, "username": "user", "password": "pw", "ssl": True,
-    }  # fmt: skip
+    }
     tls = lithops_redis_section("rediss://:p%40ss@h:6380/0?ssl_ca_certs=/tmp/ca.pem&ssl_cert_reqs=required")
     assert tls == {"host": "h", "port": 6380, "db": 0, "password": "p@ss", "ssl": True,
-                   "ssl_ca_certs": "/tmp/ca.pem", "ssl_cert_reqs": "required"}  # fmt: skip
+                   "ssl_ca_certs": "/tmp/ca.pem", "ssl_cert_reqs": "required"}
     assert json.loads(json.dumps(tls)) == tls  # Lithops passes it in an environment variable
 
 

@@ -25,7 +25,7 @@ KEYS = Keys("results-test")
 
 def counted(video: str) -> dict:
     return {"outcome": "counted", "video": video, "fingerprint": "1:1", "top5": [["juggling", 0.9]],
-            "model_id": "v1-aaaaaaaaaaaa-11111111"}  # fmt: skip
+            "model_id": "v1-aaaaaaaaaaaa-11111111"}
 
 
 def test_lithops_version_is_the_one_whose_internals_are_pinned() -> None:
@@ -110,6 +110,6 @@ def _unpickling_calls(path: Path) -> list[str]:
 
 def test_nothing_read_from_redis_is_unpickled_but_the_queue_envelope() -> None:
     sources = [path for package in ("moments_stream", "producer", "consumer", "aggregator")
-               for path in (REPO / package).rglob("*.py")]  # fmt: skip
+               for path in (REPO / package).rglob("*.py")]
     calls = [call for path in sources for call in _unpickling_calls(path)]
     assert [call.split(":")[0] for call in calls] == ["moments_stream/results.py"], calls

@@ -40,7 +40,7 @@ def new_bucket(endpoint: str) -> str:
 def test_enqueue_pages_through_more_than_1000_keys(
     backend: str, s3_endpoint: str, redis_client: redis.Redis, redis_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     bucket = new_bucket(s3_endpoint)
     keys = [f"many/{index:05d}.mp4" for index in range(2100)] + [f"many/{name}" for name in AWKWARD_NAMES]
     put_many(s3_endpoint, bucket, [*keys, "many/readme.txt", "other/outside.mp4"])

@@ -27,7 +27,7 @@ SYNTHETIC = "synthetic-v1-bbbbbbbbbbbb-11111111"
 def prediction(video: str, top1: str, model_id: str = MODEL) -> dict:
     top5 = [[top1, 0.6], ["b", 0.2], ["c", 0.1], ["d", 0.05], ["e", 0.05]]
     return {"video": video, "fingerprint": "1:1", "top5": top5, "model_id": model_id, "worker": "w1",
-            "decode_ms": 30.0, "infer_ms": 300.0, "total_ms": 340.0, "download_ms": 5.0, "frame_count": 90}  # fmt: skip
+            "decode_ms": 30.0, "infer_ms": 300.0, "total_ms": 340.0, "download_ms": 5.0, "frame_count": 90}
 
 
 @pytest.fixture()
@@ -63,7 +63,7 @@ def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, sett
     }
     assert {name: document[name] for name in raw} == raw
     assert raw == {"counted": 1, "failed": 1, "pending": 4, "queued": 5, "in_flight": 1, "retry_scheduled": 0,
-                   "awaiting_aggregator": 0, "finished_last_minute": 2}  # fmt: skip
+                   "awaiting_aggregator": 0, "finished_last_minute": 2}
     assert document["model"] == MODEL and document["counted_by_model"] == {MODEL: 1}
     assert document["workers_alive"] == 1
     (worker,) = document["workers"]

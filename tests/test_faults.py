@@ -204,26 +204,36 @@ print(open_results_queue(connect(settings.redis_url), settings).get(timeout=120)
 
 
 def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str], tmp_path: Path) -> None:
+    """The aggregator is killed while it certainly holds no message (every later video is held at
+    the consumers' barrier), then one message is popped and thrown away, as an aggregator that dies
+    between the pop and the record would: exactly that one is recovered from the outbox."""
+    barrier = tmp_path / "barrier"
+    held = [f"clip{seed}.mp4" for seed in range(43, 52)]
+    hold(barrier, *held)
+    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
     pipeline = start_pipeline(env, tmp_path / "in", range(40, 52))
     client = pipeline.client
-    wait_until(lambda: client.hlen(predictions_key(client)) >= 3, 120, "the first counts")
-    pipeline.aggregator.kill()
+    wait_until(lambda: client.hlen(predictions_key(client)) == 3, 120, "the three videos not held")
+    wait_until(lambda: len(list(barrier.glob("reached-*"))) == 2, 120, "both consumers holding a video")
+    pipeline.aggregator.kill()  # nothing can be in its hands: nothing was published since the three
     pipeline.aggregator.wait()
-    # What an aggregator that died between popping a message and recording it leaves behind:
-    # the message is gone from the queue.
+    first_held = sorted(barrier.glob("reached-*"))[0].name.removeprefix("reached-")
+    (barrier / f"hold-{first_held}").unlink()  # its outcome goes on the queue, with no aggregator
     stolen = subprocess.run([sys.executable, "-c", STEAL_ONE_MESSAGE], env=env, capture_output=True, text=True,
                             timeout=180)
     assert stolen.returncode == 0, stolen.stderr
     lost_video = json.loads(stolen.stdout)["video"]
-    assert client.hexists("moments:pending", lost_video)
+    assert lost_video.endswith(f"/in/{first_held}") and client.hexists("moments:pending", lost_video)
 
+    for name in held:
+        (barrier / f"hold-{name}").unlink(missing_ok=True)
     restarted = start(env, "aggregator", "run")
     finish(env, pipeline.consumers)
     report = stop_aggregator(restarted)
 
     assert counts(env) == collections.Counter(pipeline.expected.values())
     assert client.hlen(predictions_key(client)) == 12 and client.hlen("moments:failed") == 0
-    assert "recovered from outbox 1" in report
+    assert "recovered from outbox 1," in report, report
     assert client.hlen("moments:outbox") == 0
 
 

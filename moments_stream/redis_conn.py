@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 
@@ -46,22 +46,26 @@ REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Backoff:
-    """Pauses that double from ``first_s`` up to ``max_s`` while a service (Redis by default) is
-    away, each one logged as ``event``."""
+    """Pauses while a service (Redis by default) is away, each one logged as ``event``; the delays
+    are redis-py's exponential back-off (``first_s`` doubling up to ``max_s``)."""
 
     def __init__(self, first_s: float = 0.5, max_s: float = 15.0, event: str = "redis_unreachable_retrying") -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.delay_s = first_s
+        self.policy = ExponentialBackoff(cap=max_s, base=first_s)
+        self.failures = 0
         self.event = event
 
+    @property
+    def delay_s(self) -> float:
+        return self.policy.compute(self.failures)
+
     def wait(self, error: BaseException, **fields: object) -> None:
-        log.warning(self.event, delay_s=self.delay_s, error=str(error), **fields)
-        time.sleep(self.delay_s)
-        self.delay_s = min(self.delay_s * 2, self.max_s)
+        delay_s = self.delay_s
+        log.warning(self.event, delay_s=delay_s, error=str(error), **fields)
+        time.sleep(delay_s)
+        self.failures += 1
 
     def reset(self) -> None:
-        self.delay_s = self.first_s
+        self.failures = 0
 
 
 def connect(url: str) -> redis.Redis:

@@ -210,3 +210,16 @@ def test_embedded_redis_starts_on_the_default_url_with_aof(tmp_path: Path) -> No
         assert ensure_redis(settings).get("moments:probe") == b"1"  # reused, not restarted
     finally:
         redis.Redis(host="127.0.0.1", port=6379).shutdown(nosave=True)  # no outage retries
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moments_stream import redis_conn
+
+    slept: list[float] = []
+    monkeypatch.setattr(redis_conn.time, "sleep", slept.append)
+    backoff = redis_conn.Backoff(first_s=0.5, max_s=3)
+    for _ in range(5):
+        backoff.wait(ConnectionError("down"))
+    assert slept == [0.5, 1, 2, 3, 3]
+    backoff.reset()
+    assert backoff.delay_s == 0.5

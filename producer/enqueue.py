@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import redis
 
-from moments_stream.keys import Keys
 from moments_stream.queues import enqueue_videos
 from moments_stream.redis_conn import connect
 from moments_stream.settings import Settings
@@ -35,12 +34,6 @@ class EnqueueReport:
         self.enqueued += other.enqueued
         self.skipped += other.skipped
         self.ignored += other.ignored
-
-
-def new_objects(client: redis.Redis, keys: Keys, bucket: str, batch: list[StoredObject]) -> list[StoredObject]:
-    """Those of ``batch`` (in ``bucket``) whose fingerprint differs from the one enqueued last time."""
-    known = client.hmget(keys.seen(), [video_id(bucket, item.key) for item in batch])
-    return [item for item, seen in zip(batch, known, strict=True) if seen is None or seen.decode() != item.fingerprint]
 
 
 def enqueue_objects(
@@ -68,21 +61,18 @@ def enqueue_objects(
             else:
                 report.ignored += 1
             if len(batch) == BATCH:
-                _enqueue_batch(client, writer, batch, reclassify)
+                _enqueue_batch(client, writer, batch)
                 batch = []
-        _enqueue_batch(client, writer, batch, reclassify)
+        _enqueue_batch(client, writer, batch)
     report.enqueued = writer.enqueued
     report.skipped = videos - writer.enqueued
     return report
 
 
-def _enqueue_batch(client: redis.Redis, writer: BatchWriter, batch: list[StoredObject], reclassify: bool) -> None:
-    if not batch:
-        return
-    # A cheap read first; the write checks again inside its transaction (another producer may race).
-    settings = writer.settings
-    fresh = batch if reclassify else new_objects(client, settings.keys, settings.bucket, batch)
-    writer.write(client, {video_id(settings.bucket, item.key): item.fingerprint for item in fresh})
+def _enqueue_batch(client: redis.Redis, writer: BatchWriter, batch: list[StoredObject]) -> None:
+    """Hand a batch to the writer; what was enqueued before is left out inside its transaction."""
+    if batch:
+        writer.write(client, {video_id(writer.settings.bucket, item.key): item.fingerprint for item in batch})
 
 
 _worker_client: redis.Redis | None = None

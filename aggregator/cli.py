@@ -1,4 +1,7 @@
-"""``aggregator``: keep live per-category counts in Redis; print them."""
+"""``aggregator``: keep live per-category counts in Redis; print them.
+
+Arguments in, text out; draining lives in ``aggregator.drain``, the views in ``counts``, ``status``
+and ``export``."""
 
 from __future__ import annotations
 
@@ -8,48 +11,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
-
-import redis
 
 from moments_stream import ledger
 from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
+from moments_stream.embedded_redis import ensure_redis
 from moments_stream.logs import get_logger
-from moments_stream.redis_conn import ensure_redis
 from moments_stream.results import open_results_queue
-from moments_stream.settings import Settings
 
+from .counts import counts_document, format_counts
 from .drain import drain
-from .export import FORMATS, export_rows, write_rows
-from .status import format_status, model_label, status_document
+from .export import FORMATS, export_rows, write_file, write_rows
+from .status import format_status, status_document
 
 log = get_logger(__name__)
-
-
-def counts_document(client: redis.Redis, settings: Settings, model_id: str | None = None) -> dict[str, Any]:
-    """One model's counts (the current one by default) and the totals of each state, for scripts."""
-    keys = settings.keys
-    model = ledger.resolve_model(client, keys, model_id)
-    by_category = dict(ledger.sorted_counts(ledger.counts(client, keys, model))) if model else {}
-    return {
-        "model": model,
-        "counts": by_category,
-        "counted": sum(by_category.values()),
-        "pending": ledger.pending_count(client, keys),
-        "failed": int(client.hlen(keys.failed())),
-    }
-
-
-def format_counts(client: redis.Redis, settings: Settings, model_id: str | None = None) -> str:
-    document = counts_document(client, settings, model_id)
-    by_category = document["counts"]
-    width = max([len(name) for name in by_category] + [8])
-    lines = [f"model {model_label(document['model'])}", f"{'category':<{width}}  count"]
-    lines += [f"{name:<{width}}  {count:>5}" for name, count in by_category.items()]
-    lines.append(f"{'total':<{width}}  {document['counted']:>5}")
-    lines.append(f"pending {document['pending']}, failed {document['failed']}")
-    return "\n".join(lines)
 
 
 def show(render: Callable[[], str], args: argparse.Namespace) -> int:
@@ -106,14 +80,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     client = ensure_redis(settings)
     model = ledger.resolve_model(client, settings.keys, args.model_id)
     rows = export_rows(client, settings.keys, model, include_failed=args.include_failed)
-    if args.out is None:
-        written = write_rows(rows, sys.stdout, args.format)
-    else:
-        # Written aside and renamed, so a reader never sees half an export.
-        partial = Path(f"{args.out}.partial")
-        with partial.open("w", newline="", encoding="utf-8") as out:
-            written = write_rows(rows, out, args.format)
-        partial.replace(args.out)
+    written = write_rows(rows, sys.stdout, args.format) if args.out is None else write_file(rows, args.out, args.format)
     log.info("exported", rows=written, model_id=model, format=args.format, out=args.out or "stdout")
     return 0
 

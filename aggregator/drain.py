@@ -17,9 +17,10 @@ from typing import Any
 import redis
 
 from moments_stream import ledger, results
+from moments_stream.backoff import Backoff
 from moments_stream.keys import Keys
 from moments_stream.logs import get_logger
-from moments_stream.redis_conn import REDIS_OUTAGE, Backoff
+from moments_stream.redis_conn import REDIS_OUTAGE
 from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
 
 log = get_logger(__name__)

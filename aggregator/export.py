@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 import redis
@@ -71,4 +72,13 @@ def write_rows(rows: Iterator[dict[str, Any]], out: TextIO, output_format: str) 
     for row in rows:
         write_row(row)
         written += 1
+    return written
+
+
+def write_file(rows: Iterator[dict[str, Any]], out: str | Path, output_format: str) -> int:
+    """Write ``rows`` to ``out`` aside and rename it, so that a reader never sees half an export."""
+    partial = Path(f"{out}.partial")
+    with partial.open("w", newline="", encoding="utf-8") as stream:
+        written = write_rows(rows, stream, output_format)
+    partial.replace(out)
     return written

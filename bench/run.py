@@ -61,7 +61,7 @@ from consumer.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_frame, to_mo
 from moments_stream.keys import Keys  # noqa: E402
 from moments_stream.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
 from moments_stream.settings import Settings  # noqa: E402
-from producer.cli import enqueue_prefix  # noqa: E402
+from producer.service import enqueue_prefix  # noqa: E402
 from tests.media import synthetic_frames, write_h264  # noqa: E402
 from tests.pipeline import run, wait_until  # noqa: E402
 from tests.redis_server import running_redis  # noqa: E402

@@ -78,7 +78,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from moments_stream.redis_conn import ensure_redis
+    from moments_stream.embedded_redis import ensure_redis
 
     from .launcher import run_consumers
 

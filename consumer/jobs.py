@@ -20,10 +20,10 @@ from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
 from moments_stream import ledger, results
+from moments_stream.backoff import Backoff
 from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
 from moments_stream.queues import enqueue_jobs_again
-from moments_stream.redis_conn import Backoff
 from moments_stream.settings import Settings
 from moments_stream.videos import split_video_id
 

@@ -15,10 +15,11 @@ from rq import SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
+from moments_stream.backoff import Backoff
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import configure_logging, get_logger
 from moments_stream.queues import JOB_SERIALIZER, video_queue
-from moments_stream.redis_conn import REDIS_OUTAGE, Backoff, connect
+from moments_stream.redis_conn import REDIS_OUTAGE, connect
 from moments_stream.results import open_results_queue
 from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, Settings, cache_dir_from
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import lithops
 import lithops.config
+from redis.connection import SSLConnection, parse_url
 
-from .redis_conn import lithops_redis_section
 from .settings import Settings
 
 
@@ -56,6 +56,23 @@ def backend_time_limit_s(config: dict) -> int | None:
         return None
     timeout = defaults.get("runtime_timeout")
     return None if timeout is None else int(timeout)
+
+
+def lithops_redis_section(url: str) -> dict[str, object]:
+    """The ``redis`` section of a Lithops config for ``url`` (lithops builds ``redis.Redis(**section)``).
+
+    redis-py parses the URL, query parameters included, so TLS options such as ``ssl_ca_certs``
+    reach the lithops Queue exactly as they reach every other client; the section must stay JSON
+    (Lithops passes it in an environment variable), so the TLS connection class becomes ``ssl``.
+    """
+    section: dict[str, object] = {"host": "127.0.0.1", "port": 6379, "db": 0}
+    for name, value in parse_url(url).items():
+        if name == "connection_class":
+            if value is SSLConnection:
+                section["ssl"] = True
+            continue
+        section["unix_socket_path" if name == "path" else name] = value
+    return section
 
 
 def storage(settings: Settings) -> lithops.Storage:

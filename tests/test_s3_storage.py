@@ -15,7 +15,7 @@ import redis
 
 from moments_stream.errors import ConfigError
 from moments_stream.settings import Settings
-from producer.cli import enqueue_prefix
+from producer.service import enqueue_prefix
 from tests.pipeline import client_for, counts, direct_top1, make_clips, pipeline_environment, run
 from tests.redis_server import running_redis
 from tests.s3_server import STORAGE_BACKENDS, lithops_s3_environment, put_many, running_s3, s3_client

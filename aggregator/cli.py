@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(
         f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, stale {report.stale}, "
-        f"recovered from outbox {report.recovered}, dead letters {report.dead_letters}"
+        f"recovered from outbox {report.recovered}, dead letters {report.dead_letters}, "
+        f"left for a newer aggregator {report.newer_schema}"
     )
     return 0
 

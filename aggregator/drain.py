@@ -20,13 +20,11 @@ from moments_stream import ledger, results
 from moments_stream.backoff import Backoff
 from moments_stream.keys import Keys
 from moments_stream.logs import get_logger
+from moments_stream.outcome import VideoOutcome
 from moments_stream.redis_conn import REDIS_OUTAGE
 from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
 
 log = get_logger(__name__)
-
-
-_LOGGED_FIELDS = ("video", "worker", "download_ms", "decode_ms", "infer_ms", "total_ms")
 
 
 @dataclass
@@ -37,49 +35,77 @@ class DrainReport:
     failed: int = 0
     recovered: int = 0
     dead_letters: int = 0
+    # Outcomes of a newer release, left in the outbox for an upgraded aggregator.
+    newer_schema: int = 0
 
     @property
     def received(self) -> int:
         return self.counted + self.duplicates + self.stale + self.failed
 
 
-def apply(client: redis.Redis, keys: Keys, message: dict[str, Any], report: DrainReport) -> None:
+def logged_fields(outcome: VideoOutcome) -> dict[str, object]:
+    fields = {"video": outcome.video, "worker": outcome.worker, "download_ms": outcome.download_ms,
+              "decode_ms": outcome.decode_ms, "infer_ms": outcome.infer_ms, "total_ms": outcome.total_ms}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def apply(client: redis.Redis, keys: Keys, outcome: VideoOutcome, report: DrainReport) -> None:
     """Record one outcome from a consumer (a prediction, or a video that could not be classified);
     logs one ``video_recorded`` event with the outcome and the consumer's timings."""
-    outcome = ledger.record(client, keys, message)
-    fields = {name: message.get(name) for name in _LOGGED_FIELDS if message.get(name) is not None}
-    if outcome is ledger.Outcome.DUPLICATE:
+    result = ledger.record(client, keys, outcome)
+    fields = logged_fields(outcome)
+    if result is ledger.RecordResult.DUPLICATE:
         report.duplicates += 1
         log.info("video_recorded", outcome="duplicate_ignored", **fields)
-    elif outcome is ledger.Outcome.STALE:
+    elif result is ledger.RecordResult.STALE:
         report.stale += 1
-        log.info("video_recorded", outcome="stale_version_ignored", fingerprint=message["fingerprint"], **fields)
-    elif message.get("outcome") == "failed":
+        log.info("video_recorded", outcome="stale_version_ignored", fingerprint=outcome.fingerprint, **fields)
+    elif not outcome.counted:
         report.failed += 1
-        log.warning("video_recorded", outcome="failed", error=message.get("error"), **fields)
+        log.warning("video_recorded", outcome="failed", error=outcome.error, **fields)
     else:
         report.counted += 1
-        log.info("video_recorded", outcome="counted", top1=message["top5"][0][0], **fields)
+        log.info("video_recorded", outcome="counted", top1=outcome.top1, **fields)
+
+
+def set_aside(client: redis.Redis, keys: Keys, error: results.MalformedMessage, report: DrainReport,
+              outbox_video: str | None = None) -> None:
+    """A message this aggregator cannot record: a newer release's outcome waits in the outbox for an
+    upgraded aggregator; anything else becomes a dead letter (and leaves the outbox)."""
+    if error.newer_schema:
+        report.newer_schema += 1
+        log.warning("outcome_from_newer_release", reason=error.reason, video=outbox_video,
+                    fix="upgrade this aggregator: the outcome stays in the outbox until one records it")
+        return
+    entry = results.dead_letter(client, keys, error)
+    report.dead_letters += 1
+    if outbox_video is not None:
+        ledger.drop_from_outbox(client, keys, outbox_video)
+    log.error("message_dead_lettered", reason=error.reason, entry=entry, dead_letters=keys.dead_letters(),
+              video=outbox_video)
 
 
 def recover_unrecorded(client: redis.Redis, keys: Keys, older_than_s: float, report: DrainReport) -> None:
     """Record outbox entries whose queue message was lost (popped by an aggregator that died)."""
-    for message in ledger.unrecorded_outcomes(client, keys, older_than_s):
+    for video, raw in ledger.unrecorded_outcomes(client, keys, older_than_s):
+        try:
+            outcome = results.decode_outcome(raw)
+        except results.MalformedMessage as error:
+            set_aside(client, keys, error, report, outbox_video=video)
+            continue
         report.recovered += 1
-        log.warning("outcome_recovered_from_outbox", video=message["video"], worker=message.get("worker"))
-        apply(client, keys, message, report)
+        log.warning("outcome_recovered_from_outbox", video=outcome.video, worker=outcome.worker)
+        apply(client, keys, outcome, report)
 
 
 def apply_raw(client: redis.Redis, keys: Keys, raw: bytes, report: DrainReport) -> None:
-    """Record one raw queue message, or keep it as a dead letter when it is not an outcome."""
+    """Record one raw queue message, or set it aside when it is not an outcome this release reads."""
     try:
-        message = results.decode(raw)
+        outcome = results.decode(raw)
     except results.MalformedMessage as error:
-        entry = results.dead_letter(client, keys, error)
-        report.dead_letters += 1
-        log.error("message_dead_lettered", reason=error.reason, entry=entry, dead_letters=keys.dead_letters())
+        set_aside(client, keys, error, report)
         return
-    apply(client, keys, message, report)
+    apply(client, keys, outcome, report)
 
 
 def drain(

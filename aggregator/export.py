@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import redis
 
 from moments_stream.keys import Keys
+from moments_stream.outcome import COUNTED, FAILED, OutcomeKind
 from moments_stream.settings import DEFAULT_TOP_K
 
 FORMATS = ("jsonl", "csv")
@@ -28,10 +29,11 @@ COLUMNS = (
 )
 
 
-def export_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A prediction or failure record (as the ledger stores it) as one flat row of ``COLUMNS``."""
+def export_row(record: dict[str, Any], outcome: OutcomeKind) -> dict[str, Any]:
+    """A stored record (the outcome message, of any schema) as one flat row of ``COLUMNS``; the hash
+    it came from says whether it was counted or failed."""
     row: dict[str, Any] = {column: record.get(column) for column in COLUMNS}
-    row["outcome"] = record.get("outcome") or ("failed" if "error" in record else "counted")
+    row["outcome"] = outcome
     for rank, (category, probability) in enumerate(record.get("top5") or [], start=1):
         if rank > DEFAULT_TOP_K:
             break
@@ -50,9 +52,9 @@ def export_rows(
 ) -> Iterator[dict[str, Any]]:
     """The model's predictions, then (if asked) the failed videos, one row at a time."""
     if model_id is not None:
-        yield from map(export_row, _scan(client, keys.predictions(model_id)))
+        yield from (export_row(record, COUNTED) for record in _scan(client, keys.predictions(model_id)))
     if include_failed:
-        yield from map(export_row, _scan(client, keys.failed()))
+        yield from (export_row(record, FAILED) for record in _scan(client, keys.failed()))
 
 
 def write_rows(rows: Iterator[dict[str, Any]], out: TextIO, output_format: str) -> int:

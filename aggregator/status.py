@@ -17,6 +17,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from moments_stream import ledger
 from moments_stream.queues import JOB_SERIALIZER, video_queue
+from moments_stream.redis_conn import text
 from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
 
 
@@ -63,7 +64,7 @@ def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[
 
 def workers(client: redis.Redis, queue_name: str, now: float) -> list[dict[str, Any]]:
     """The consumers registered on the queue whose rq worker key (their lease) is still alive."""
-    names = sorted(member.decode() for member in client.smembers(WORKERS_BY_QUEUE_KEY % queue_name))
+    names = sorted(text(member) for member in client.smembers(WORKERS_BY_QUEUE_KEY % queue_name))
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hmget(name, "state", "last_heartbeat")

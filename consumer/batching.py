@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import frame_probabilities
+from .model import InferenceOptions, frame_probabilities
 from .preprocess import to_model_input
 
 
@@ -38,7 +38,9 @@ class _Request:
 class InferenceBatcher:
     """One inference thread over a shared model; ``probabilities(frames)`` is safe from any thread."""
 
-    def __init__(self, model: torch.nn.Module, options: object, max_videos: int, max_wait_s: float = 0.005) -> None:
+    def __init__(
+        self, model: torch.nn.Module, options: InferenceOptions, max_videos: int, max_wait_s: float = 0.005
+    ) -> None:
         if max_videos < 1:
             raise ValueError("max_videos must be at least 1")
         self._model = model

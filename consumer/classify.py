@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class Prediction:
     # How the frames were reached ("seek" or "walk", see consumer.frames) and the stream's codec.
     sampling: str = ""
     codec: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1(self) -> str:

@@ -150,7 +150,7 @@ class _Decoder:
 
     def rgb(self, frame: av.VideoFrame, keep: FrameTransform | None) -> np.ndarray:
         """The frame as RGB, turned upright as its display matrix asks (phones record rotated)."""
-        rgb = self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        rgb: np.ndarray = self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
         quarter_turns = (int(frame.rotation or 0) // 90) % 4
         if quarter_turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))

@@ -19,7 +19,7 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
-from moments_stream import ledger, results
+from moments_stream import ledger, outcome, results
 from moments_stream.backoff import Backoff
 from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
@@ -27,7 +27,7 @@ from moments_stream.queues import enqueue_jobs_again
 from moments_stream.settings import Settings
 from moments_stream.videos import split_video_id
 
-from .classify import Classifier
+from .classify import Classifier, Prediction
 
 log = get_logger(__name__)
 
@@ -174,17 +174,37 @@ def classify_video(video: str, fingerprint: str, wanted_model: str | None = None
             prediction = context.classifier.classify_file(local, name=video)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        failure = ledger.failure_record(video, fingerprint, error.message, worker_id, model_id)
+        failure = outcome.failed(video, fingerprint, error.message, worker_id, model_id)
         results.publish(context.client, context.settings.keys, context.results, failure)
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return "failed"
-    record = prediction.to_dict()
-    record.update(outcome="counted", fingerprint=fingerprint, total_ms=_elapsed_ms(started), **fields)
+    counted = counted_outcome(prediction, fingerprint, worker_id, fields["download_ms"], _elapsed_ms(started))
     hold_for_test(context.settings, video)
-    results.publish(context.client, context.settings.keys, context.results, record)
+    results.publish(context.client, context.settings.keys, context.results, counted)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
-             infer_ms=prediction.infer_ms, total_ms=record["total_ms"], **fields)
+             infer_ms=prediction.infer_ms, total_ms=counted.total_ms, **fields)
     return prediction.top1
+
+
+def counted_outcome(
+    prediction: Prediction, fingerprint: str, worker: str, download_ms: float, total_ms: float
+) -> outcome.VideoOutcome:
+    """The message for a classified video: the prediction, which version of the file, who and how long."""
+    return outcome.counted(
+        prediction.video,
+        fingerprint,
+        prediction.model_id,
+        prediction.top5,
+        worker=worker,
+        synthetic_weights=prediction.synthetic_weights,
+        frame_count=prediction.frame_count,
+        sampling=prediction.sampling,
+        codec=prediction.codec,
+        download_ms=download_ms,
+        decode_ms=prediction.decode_ms,
+        infer_ms=prediction.infer_ms,
+        total_ms=total_ms,
+    )
 
 
 def failure_message(exc_type: type, exc_value: BaseException) -> str:
@@ -212,10 +232,10 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
         log.warning("video_attempt_failed", video=video, error=message, retries_left=job.retries_left)
         return
     if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
-        failure = ledger.failure_record(video, fingerprint, message, model_id=wanted_model)
+        failure = outcome.failed(video, fingerprint, message, model_id=wanted_model)
         ledger.stage_in_outbox(connection, Settings.from_env().keys, failure)
     else:
         model_id = wanted_model or _context.classifier.model_id
-        failure = ledger.failure_record(video, fingerprint, message, model_id=model_id)
+        failure = outcome.failed(video, fingerprint, message, model_id=model_id)
         results.publish(connection, _context.settings.keys, _context.results, failure)
     log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")

@@ -19,7 +19,7 @@ from rq.scheduler import RQScheduler
 from rq.scripts import release_lock
 
 from moments_stream.logs import get_logger
-from moments_stream.redis_conn import REDIS_OUTAGE
+from moments_stream.redis_conn import REDIS_OUTAGE, text
 
 log = get_logger(__name__)
 
@@ -58,8 +58,8 @@ def release_retry_locks_of_dead_workers(queue: Queue) -> None:
     """
     lock_key = RQScheduler.get_locking_key(queue.name)
     owner = queue.connection.get(lock_key)
-    if owner is not None and not worker_is_alive(queue.connection, owner.decode()):
-        release_lock(queue.connection, lock_key, owner.decode())
+    if owner is not None and not worker_is_alive(queue.connection, text(owner)):
+        release_lock(queue.connection, lock_key, text(owner))
 
 
 class Heartbeat:

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
@@ -43,9 +43,9 @@ class ConsumerWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
     def __init__(
-        self, *args: Any, deadline: float, hard_deadline: float, lease_s: int, stop_key: str, **kwargs: Any
+        self, queues: list[Queue], *, deadline: float, hard_deadline: float, lease_s: int, stop_key: str, **kwargs: Any
     ) -> None:
-        super().__init__(*args, maintenance_interval=lease_s, serializer=JOB_SERIALIZER, **kwargs)
+        super().__init__(queues, maintenance_interval=lease_s, serializer=JOB_SERIALIZER, **kwargs)
         self.stop_key = stop_key
         self.deadline = deadline
         self.hard_deadline = hard_deadline
@@ -122,7 +122,7 @@ class ConsumerWorker(SimpleWorker):
             return True
         return False
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):  # type: ignore[override]
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         idle_since = time.monotonic()
         while not self.should_stop():
             self.enqueue_due_retries()

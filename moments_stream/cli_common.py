@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import MomentsError
 from .logs import configure_logging, get_logger
@@ -42,7 +43,7 @@ def add_command(
     *args: str,
     model: bool = False,
     redis: bool = False,
-    **kwargs: str,
+    **kwargs: Any,
 ) -> argparse.ArgumentParser:
     """A subcommand run by ``handler``, with the model/Redis options it takes and ``--verbose``."""
     parser = commands.add_parser(*args, **kwargs)

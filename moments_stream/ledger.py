@@ -19,10 +19,12 @@ import redis
 
 from .errors import ConfigError
 from .keys import Keys
+from .outcome import VideoOutcome
+from .redis_conn import text
 from .settings import RECENT_WINDOW_S
 
 
-class Outcome(enum.Enum):
+class RecordResult(enum.Enum):
     RECORDED = 1
     DUPLICATE = 0
     STALE = -1
@@ -97,86 +99,80 @@ return 1
 """
 )
 
-def _run(client: redis.Redis, keys: Keys, source: str, extra_keys: list[str], args: list[Any]) -> Outcome:
+def _run(client: redis.Redis, keys: Keys, source: str, extra_keys: list[str], args: list[Any]) -> RecordResult:
     script = client.register_script(source)
-    return Outcome(int(script(keys=[keys.seen(), keys.outbox(), keys.pending(), *extra_keys], args=args)))
+    return RecordResult(int(script(keys=[keys.seen(), keys.outbox(), keys.pending(), *extra_keys], args=args)))
 
 
-def record_prediction(client: redis.Redis, keys: Keys, record: dict[str, Any]) -> Outcome:
-    """Count ``record`` (a prediction dict with video, fingerprint, top5, model_id) once, under its model."""
-    model_id = record["model_id"]
+def record_prediction(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
+    """Count a counted ``outcome`` once, under its model."""
+    model_id = outcome.model_id or ""
     return _run(
         client,
         keys,
         _RECORD_PREDICTION,
         [keys.predictions(model_id), keys.counts(model_id), keys.failed(), keys.models(), keys.recent()],
-        [record["video"], record["fingerprint"], model_id, record["top5"][0][0], json.dumps(record), RECENT_WINDOW_S],
+        [outcome.video, outcome.fingerprint, model_id, outcome.top1, outcome.encode(), RECENT_WINDOW_S],
     )
 
 
-def failure_record(
-    video: str, fingerprint: str, error: str, worker: str | None = None, model_id: str | None = None
-) -> dict[str, Any]:
-    return {
-        "outcome": "failed",
-        "video": video,
-        "fingerprint": fingerprint,
-        "error": error,
-        "worker": worker,
-        "model_id": model_id,
-    }
-
-
-def record_failure(client: redis.Redis, keys: Keys, record: dict[str, Any]) -> Outcome:
-    """Mark a video failed with its error (a :func:`failure_record`) unless this very version was
-    counted by the failing model (the current one when the record does not say)."""
-    model_id = record.get("model_id") or current_model(client, keys) or ""
+def record_failure(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
+    """Mark a video failed with its error unless this very version was counted by the failing model
+    (the current one when the outcome does not say)."""
+    model_id = outcome.model_id or current_model(client, keys) or ""
     return _run(
         client,
         keys,
         _RECORD_FAILURE,
         [keys.predictions(model_id), keys.failed(), keys.recent()],
-        [record["video"], record["fingerprint"], model_id, json.dumps(record), RECENT_WINDOW_S],
+        [outcome.video, outcome.fingerprint, model_id, outcome.encode(), RECENT_WINDOW_S],
     )
 
 
-def record(client: redis.Redis, keys: Keys, message: dict[str, Any]) -> Outcome:
+def record(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
     """Record one outcome a consumer published: a prediction or a failure."""
-    if message.get("outcome") == "failed":
-        return record_failure(client, keys, message)
-    return record_prediction(client, keys, message)
+    if outcome.counted:
+        return record_prediction(client, keys, outcome)
+    return record_failure(client, keys, outcome)
 
 
-def stage_in_outbox(client: redis.Redis, keys: Keys, message: dict[str, Any]) -> dict[str, Any]:
+def stage_in_outbox(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> VideoOutcome:
     """Leave an outcome in the outbox (durable until recorded); returns it stamped with the time."""
-    message = {**message, "published_at": time.time()}
-    client.hset(keys.outbox(), message["video"], json.dumps(message))
-    return message
+    outcome = outcome.published(time.time())
+    client.hset(keys.outbox(), outcome.video, outcome.encode())
+    return outcome
 
 
 def unrecorded_outcomes(
     client: redis.Redis, keys: Keys, older_than_s: float, now: float | None = None
-) -> Iterator[dict[str, Any]]:
-    """Outbox entries published more than ``older_than_s`` ago and still not recorded."""
+) -> Iterator[tuple[str, bytes]]:
+    """Outbox entries (video, raw JSON) published more than ``older_than_s`` ago and still not recorded."""
     cutoff = (time.time() if now is None else now) - older_than_s
-    for _, raw in client.hscan_iter(keys.outbox(), count=500):
-        message = json.loads(raw)
-        if message.get("published_at", 0) <= cutoff:
-            yield message
+    for video, raw in client.hscan_iter(keys.outbox(), count=500):
+        try:
+            published_at = json.loads(raw).get("published_at", 0)
+        except (ValueError, AttributeError):
+            published_at = 0  # unreadable: handed over for the caller to judge now
+        if not isinstance(published_at, int | float) or published_at <= cutoff:
+            yield text(video), raw
+
+
+def drop_from_outbox(client: redis.Redis, keys: Keys, video: str) -> None:
+    client.hdel(keys.outbox(), video)
 
 
 def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:
-    return {name.decode(): int(value) for name, value in client.hgetall(keys.counts(model_id)).items()}
+    return {text(name): int(value) for name, value in client.hgetall(keys.counts(model_id)).items()}
 
 
 def known_models(client: redis.Redis, keys: Keys) -> list[str]:
     """Every model that has counted a video, the current (most recently used) one first."""
-    return [model_id.decode() for model_id in client.zrevrange(keys.models(), 0, -1)]
+    return [text(model_id) for model_id in client.zrevrange(keys.models(), 0, -1)]
 
 
 def current_model(client: redis.Redis, keys: Keys) -> str | None:
     latest = client.zrevrange(keys.models(), 0, 0)
-    return latest[0].decode() if latest else None
+    return text(latest[0]) if latest else None
 
 
 def resolve_model(client: redis.Redis, keys: Keys, requested: str | None) -> str | None:

@@ -15,6 +15,7 @@ import redis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
+from .redis_conn import text
 from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, Settings
 from .videos import pending_entry, video_id
 
@@ -72,7 +73,7 @@ def _not_seen(pipe: redis.client.Pipeline, seen_key: str, videos: dict[str, str]
     return {
         video: fingerprint
         for (video, fingerprint), seen in zip(videos.items(), known, strict=True)
-        if seen is None or seen.decode() != fingerprint
+        if seen is None or text(seen) != fingerprint
     }
 
 
@@ -81,7 +82,7 @@ def _queue_jobs(
 ) -> None:
     """Queue on ``pipe`` (in MULTI) the seen/pending marks and one rq job per video."""
     keys = settings.keys
-    pipe.hset(keys.seen(), mapping=videos)
+    pipe.hset(keys.seen(), mapping={video: fingerprint for video, fingerprint in videos.items()})
     pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in videos.items()})
     video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id), pipeline=pipe)
 
@@ -133,7 +134,7 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
         return []
     latest = client.hmget(keys.seen(), chosen)
     fingerprints = {
-        video: (seen.decode() if seen is not None else records[video]["fingerprint"])
+        video: (text(seen) if seen is not None else records[video]["fingerprint"])
         for video, seen in zip(chosen, latest, strict=True)
     }
     registry = video_queue(client, settings).failed_job_registry

@@ -12,6 +12,15 @@ from redis.retry import Retry
 from .errors import RedisUnavailableError
 
 
+def text(value: object) -> str:
+    """A Redis reply as text (our clients return bytes; redis-py types replies more loosely)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a text reply from Redis, got {type(value).__name__}")
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parsed = urlparse(url)

@@ -23,7 +23,6 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import cloudpickle
 import redis
@@ -34,11 +33,9 @@ from lithops.multiprocessing.util import RemoteReference
 
 from .keys import Keys
 from .ledger import stage_in_outbox
+from .outcome import InvalidOutcome, UnsupportedSchema, VideoOutcome
 from .settings import Settings
 
-# Fields every outcome carries; an aggregator records nothing without them.
-REQUIRED_FIELDS = ("video", "fingerprint", "outcome")
-OUTCOMES = ("counted", "failed")
 # How much of an unreadable message the dead-letter entry keeps.
 DEAD_LETTER_EXCERPT = 2000
 
@@ -68,21 +65,33 @@ def bind_results_queue(client: redis.Redis, keys: Keys, expiry_s: int) -> Queue:
     return queue
 
 
-def put(queue: Queue, message: dict[str, Any]) -> None:
+def put(queue: Queue, outcome: VideoOutcome) -> None:
     """Publish one outcome as JSON text (plain data: no code travels through the queue)."""
-    queue.put(json.dumps(message))
+    queue.put(outcome.encode())
 
 
 class MalformedMessage(Exception):
-    """A results-queue message that is not an outcome; ``excerpt`` is what arrived, for a person."""
+    """A results-queue message that is not an outcome this release reads; ``excerpt`` is what
+    arrived, for a person. ``newer_schema``: a well-formed outcome of a newer release (its outbox
+    copy waits for an upgraded aggregator; it is no dead letter)."""
 
-    def __init__(self, reason: str, excerpt: str) -> None:
+    def __init__(self, reason: str, excerpt: str, newer_schema: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.excerpt = excerpt[:DEAD_LETTER_EXCERPT]
+        self.newer_schema = newer_schema
 
 
-def decode(raw: bytes) -> dict[str, Any]:
+def decode_outcome(text: str | bytes) -> VideoOutcome:
+    """The outcome in one JSON text (a queue payload or an outbox entry), or :class:`MalformedMessage`."""
+    try:
+        return VideoOutcome.decode(text)
+    except InvalidOutcome as error:
+        excerpt = text if isinstance(text, str) else repr(text)
+        raise MalformedMessage(error.reason, excerpt, isinstance(error, UnsupportedSchema)) from None
+
+
+def decode(raw: bytes) -> VideoOutcome:
     """The outcome in one raw queue message, or :class:`MalformedMessage` saying what is wrong."""
     try:
         payload = cloudpickle.loads(raw)
@@ -90,29 +99,7 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise MalformedMessage(f"not a Lithops queue message ({type(error).__name__}: {error})", repr(raw)) from None
     if not isinstance(payload, str):
         raise MalformedMessage(f"payload is a {type(payload).__name__}, not JSON text", repr(payload))
-    try:
-        message = json.loads(payload)
-    except ValueError as error:
-        raise MalformedMessage(f"payload is not JSON ({error})", payload) from None
-    if not isinstance(message, dict):
-        raise MalformedMessage("payload is not a JSON object", payload)
-    missing = [name for name in REQUIRED_FIELDS if not isinstance(message.get(name), str)]
-    if missing:
-        raise MalformedMessage(f"missing or non-text field(s): {', '.join(missing)}", payload)
-    if message["outcome"] not in OUTCOMES:
-        raise MalformedMessage(f"unknown outcome {message['outcome']!r}", payload)
-    counted = message["outcome"] == "counted"
-    if counted and not (_is_top_k(message.get("top5")) and isinstance(message.get("model_id"), str)):
-        raise MalformedMessage("a counted outcome needs top5 [[category, probability], ...] and model_id", payload)
-    return message
-
-
-def _is_top_k(value: object) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) for item in value)
-    )
+    return decode_outcome(payload)
 
 
 def receive(queue: Queue, timeout_s: float) -> bytes | None:
@@ -140,6 +127,6 @@ def open_results_queue(client: redis.Redis, settings: Settings) -> Queue:
     return bind_results_queue(client, settings.keys, settings.results_ttl_s)
 
 
-def publish(client: redis.Redis, keys: Keys, queue: Queue, message: dict[str, Any]) -> None:
+def publish(client: redis.Redis, keys: Keys, queue: Queue, outcome: VideoOutcome) -> None:
     """Hand an outcome to the aggregator: first to the outbox (durable until recorded), then the queue."""
-    put(queue, stage_in_outbox(client, keys, message))
+    put(queue, stage_in_outbox(client, keys, outcome))

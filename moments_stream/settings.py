@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .keys import DEFAULT_NAMESPACE, Keys
@@ -196,7 +197,7 @@ class Settings:
         )
         return settings.validated()
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         """A copy with the given fields changed; ``None`` values keep the current field."""
         given = {name: value for name, value in changes.items() if value is not None}
         return dataclasses.replace(self, **given).validated()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from lithops.constants import LITHOPS_TEMP_DIR
 
@@ -65,10 +66,10 @@ def _from_listing(item: dict) -> StoredObject:
     return StoredObject(key=item["Key"], size=int(item["Size"]), version=str(item.get("ETag", "")).strip('"'))
 
 
-def iter_paginated(client: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
+def iter_paginated(client: Any, bucket: str, prefix: str) -> Iterator[StoredObject]:
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+    paginator = client.get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             yield from map(_from_listing, page.get("Contents", []))
@@ -84,14 +85,14 @@ def iter_paginated(client: object, bucket: str, prefix: str) -> Iterator[StoredO
         raise ConfigError(f"cannot reach object storage: {error}", fix=fix) from None
 
 
-def iter_objects(storage: object, bucket: str, prefix: str) -> Iterator[StoredObject]:
+def iter_objects(storage: Any, bucket: str, prefix: str) -> Iterator[StoredObject]:
     """Every object under ``prefix`` in ``bucket``, lazily, in key order per page."""
     backend = getattr(storage, "backend", "")
     if backend == "localhost":
         yield from iter_localhost(bucket, prefix)
         return
-    client = storage.get_client()  # type: ignore[attr-defined]
+    client = storage.get_client()
     if hasattr(client, "get_paginator"):
         yield from iter_paginated(client, bucket, prefix)
         return
-    yield from map(_from_listing, storage.list_objects(bucket, prefix=prefix))  # type: ignore[attr-defined]
+    yield from map(_from_listing, storage.list_objects(bucket, prefix=prefix))

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lithops.constants import LITHOPS_TEMP_DIR
 from lithops.storage.utils import StorageNoSuchKeyError
@@ -46,9 +47,9 @@ def local_videos(directory: Path) -> Iterator[tuple[Path, str]]:
                 yield path, relative
 
 
-def same_content(storage: object, bucket: str, key: str, path: Path) -> bool:
+def same_content(storage: Any, bucket: str, key: str, path: Path) -> bool:
     try:
-        head = storage.head_object(bucket, key)  # type: ignore[attr-defined]
+        head = storage.head_object(bucket, key)
     except StorageNoSuchKeyError:
         return False
     size = int(head.get("content-length", head.get("ContentLength", -1)))
@@ -60,7 +61,7 @@ def same_content(storage: object, bucket: str, key: str, path: Path) -> bool:
     return bool(etag) and "-" not in etag and etag == md5_of(str(path))
 
 
-def upload_directory(storage: object, bucket: str, directory: Path, prefix: str) -> UploadReport:
+def upload_directory(storage: Any, bucket: str, directory: Path, prefix: str) -> UploadReport:
     report = UploadReport()
     if getattr(storage, "backend", "") == "localhost":
         os.makedirs(os.path.join(LITHOPS_TEMP_DIR, bucket), exist_ok=True)
@@ -69,6 +70,6 @@ def upload_directory(storage: object, bucket: str, directory: Path, prefix: str)
         if same_content(storage, bucket, key, path):
             report.unchanged += 1
             continue
-        storage.upload_file(str(path), bucket, key)  # type: ignore[attr-defined]
+        storage.upload_file(str(path), bucket, key)
         report.uploaded += 1
     return report

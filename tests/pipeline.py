@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -49,9 +52,27 @@ def run(env: dict[str, str], *command: str, timeout: int = 300) -> subprocess.Co
                           timeout=timeout)
 
 
-def start(env: dict[str, str], *command: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+class Started(subprocess.Popen):
+    """A stage running in the background, its output going to files as it is written: a pipe read
+    only at exit would block a chatty process once the pipe's buffer is full."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.output_dir = Path(tempfile.mkdtemp(prefix="moments-process-"))
+        atexit.register(shutil.rmtree, self.output_dir, True)
+        with (self.output_dir / "stdout").open("w") as out, (self.output_dir / "stderr").open("w") as err:
+            super().__init__(argv, env=env, stdout=out, stderr=err, text=True)
+
+    def output(self) -> tuple[str, str]:
+        """Everything written so far to stdout and stderr."""
+        return (self.output_dir / "stdout").read_text(), (self.output_dir / "stderr").read_text()
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout=timeout)
+        return self.output()
+
+
+def start(env: dict[str, str], *command: str) -> Started:
+    return Started([str(BIN / command[0]), *command[1:]], env=env)
 
 
 def client_for(env: dict[str, str]) -> redis.Redis:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run
+from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run, start
 
 pytestmark = pytest.mark.e2e
 
@@ -64,8 +64,7 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
     enqueued = run(pipeline_env, "producer", "enqueue", "batch/")
     assert enqueued.stdout.strip() == "enqueued 4, skipped 0", enqueued.stderr
 
-    aggregator = subprocess.Popen([str(BIN / "aggregator"), "run", "--idle-exit", "5"], env=pipeline_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    aggregator = start(pipeline_env, "aggregator", "run", "--idle-exit", "5")
     consumers = run(pipeline_env, "consumer", "start", "--workers", "2", "--idle-exit", "5")
     assert consumers.returncode == 0, consumers.stderr
     summaries = [json.loads(line) for line in consumers.stdout.splitlines()]

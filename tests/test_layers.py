@@ -60,5 +60,7 @@ def test_a_stage_imports_the_core_and_no_other_stage(stage: str) -> None:
 def test_the_layer_rules_see_the_imports_they_forbid(tmp_path: Path) -> None:
     """The checker itself: a function-level import up into a stage is found."""
     module = tmp_path / "module.py"
-    module.write_text("import json\n\ndef f():\n    from consumer.jobs import classify_video\n    import producer.cli\n")
+    module.write_text(
+        "import json\n\ndef f():\n    from consumer.jobs import classify_video\n    import producer.cli\n"
+    )
     assert [top_package(name) for name in imported_modules(module)] == ["json", "consumer", "producer"]

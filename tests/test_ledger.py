@@ -11,9 +11,10 @@ from aggregator.drain import drain
 from moments_stream import ledger, results
 from moments_stream.errors import ConfigError
 from moments_stream.keys import Keys
-from moments_stream.ledger import Outcome
+from moments_stream.ledger import RecordResult
+from moments_stream.outcome import VideoOutcome, counted, failed
 
-RECORDED, DUPLICATE, STALE = Outcome.RECORDED, Outcome.DUPLICATE, Outcome.STALE
+RECORDED, DUPLICATE, STALE = RecordResult.RECORDED, RecordResult.DUPLICATE, RecordResult.STALE
 
 
 KEYS = Keys()
@@ -21,13 +22,12 @@ MODEL = "v1-aaaaaaaaaaaa-11111111"
 OTHER_MODEL = "v1-bbbbbbbbbbbb-11111111"
 
 
-def prediction(video: str, top1: str, fingerprint: str = "10:1", model_id: str = MODEL) -> dict:
-    top5 = [[top1, 0.9], ["other", 0.1]]
-    return {"outcome": "counted", "video": video, "fingerprint": fingerprint, "top5": top5, "model_id": model_id}
+def prediction(video: str, top1: str, fingerprint: str = "10:1", model_id: str = MODEL) -> VideoOutcome:
+    return counted(video, fingerprint, model_id, [(top1, 0.9), ("other", 0.1)])
 
 
-def failure(video: str, fingerprint: str, error: str) -> dict:
-    return ledger.failure_record(video, fingerprint, error, worker="w1", model_id=MODEL)
+def failure(video: str, fingerprint: str, error: str) -> VideoOutcome:
+    return failed(video, fingerprint, error, worker="w1", model_id=MODEL)
 
 
 def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Redis) -> None:
@@ -169,7 +169,7 @@ def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: r
 def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis) -> None:
     results.publish(redis_client, KEYS, results_queue(redis_client), prediction("a.mp4", "juggling"))
     assert list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=60)) == []
-    assert [m["video"] for m in ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0)] == ["a.mp4"]
+    assert [video for video, _ in ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0)] == ["a.mp4"]
 
 
 def test_sorted_counts() -> None:

@@ -16,16 +16,16 @@ from lithops.multiprocessing import Queue
 from lithops.multiprocessing.connection import REDIS_LIST_CONN, _RedisConnection, get_handle_pair
 
 from aggregator.drain import drain
-from moments_stream import ledger, results
+from moments_stream import ledger, outcome, results
 from moments_stream.keys import Keys
+from moments_stream.outcome import VideoOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = Keys("results-test")
 
 
-def counted(video: str) -> dict:
-    return {"outcome": "counted", "video": video, "fingerprint": "1:1", "top5": [["juggling", 0.9]],
-            "model_id": "v1-aaaaaaaaaaaa-11111111"}
+def counted(video: str) -> VideoOutcome:
+    return outcome.counted(video, "1:1", "v1-aaaaaaaaaaaa-11111111", [("juggling", 0.9)])
 
 
 def test_lithops_version_is_the_one_whose_internals_are_pinned() -> None:
@@ -57,12 +57,12 @@ def test_every_process_binds_the_queue_to_its_own_connection(redis_client: redis
         "client = redis.Redis.from_url(sys.argv[1])\n"
         "queue = results.bind_results_queue(client, Keys('results-test'), 60)\n"
         "assert queue._writer._client is client\n"
-        "results.put(queue, {'outcome': 'counted', 'video': 'a.mp4'})\n"
+        "queue.put('{\"video\": \"a.mp4\"}')\n"
     )
     subprocess.run([sys.executable, "-c", script, other_address], check=True, cwd=REPO)
     queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
     assert queue._reader._client is redis_client
-    assert json.loads(queue.get(timeout=5)) == {"outcome": "counted", "video": "a.mp4"}
+    assert json.loads(queue.get(timeout=5)) == {"video": "a.mp4"}
     assert redis_client.ttl(KEYS.results_list()) > 0 or redis_client.llen(KEYS.results_list()) == 0
 
 
@@ -78,9 +78,9 @@ def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redi
     redis_client.rpush(KEYS.results_list(), b"\x80\x05garbage")  # not a pickle
     redis_client.rpush(KEYS.results_list(), cloudpickle.dumps({"video": "x"}))  # a pickled dict, not JSON text
     queue.put("{not json")
-    results.put(queue, {"outcome": "counted", "video": "no-fingerprint.mp4"})
-    results.put(queue, {**counted("bad-top5.mp4"), "top5": "juggling"})
-    results.put(queue, {**counted("weird.mp4"), "outcome": "exploded"})
+    queue.put(json.dumps({"outcome": "counted", "video": "no-fingerprint.mp4"}))
+    queue.put(json.dumps({**counted("bad-top5.mp4").to_json(), "top5": "juggling"}))
+    queue.put(json.dumps({**counted("weird.mp4").to_json(), "outcome": "exploded"}))
     results.publish(redis_client, KEYS, queue, counted("good.mp4"))
 
     report = drain(redis_client, KEYS, queue, idle_exit_s=0.3, poll_s=0.1, recover_after_s=3600)

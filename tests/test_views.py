@@ -17,6 +17,7 @@ from aggregator.export import COLUMNS, export_row, export_rows, write_rows
 from aggregator.status import eta_seconds, format_status, status_document
 from moments_stream import ledger
 from moments_stream.keys import Keys
+from moments_stream.outcome import VideoOutcome, counted, failed
 from moments_stream.queues import JOB_SERIALIZER, enqueue_videos, video_queue
 from moments_stream.settings import Settings
 
@@ -24,10 +25,10 @@ MODEL = "v1-aaaaaaaaaaaa-11111111"
 SYNTHETIC = "synthetic-v1-bbbbbbbbbbbb-11111111"
 
 
-def prediction(video: str, top1: str, model_id: str = MODEL) -> dict:
-    top5 = [[top1, 0.6], ["b", 0.2], ["c", 0.1], ["d", 0.05], ["e", 0.05]]
-    return {"video": video, "fingerprint": "1:1", "top5": top5, "model_id": model_id, "worker": "w1",
-            "decode_ms": 30.0, "infer_ms": 300.0, "total_ms": 340.0, "download_ms": 5.0, "frame_count": 90}
+def prediction(video: str, top1: str, model_id: str = MODEL) -> VideoOutcome:
+    top5 = [(top1, 0.6), ("b", 0.2), ("c", 0.1), ("d", 0.05), ("e", 0.05)]
+    return counted(video, "1:1", model_id, top5, worker="w1", decode_ms=30.0, infer_ms=300.0, total_ms=340.0,
+                   download_ms=5.0, frame_count=90)
 
 
 @pytest.fixture()
@@ -38,7 +39,7 @@ def settings(redis_url: str) -> Settings:
 def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, settings: Settings) -> None:
     enqueue_videos(redis_client, settings, {f"v/{i}.mp4": "1:1" for i in range(6)})
     ledger.record_prediction(redis_client, Keys(), prediction("v/0.mp4", "juggling"))
-    ledger.record_failure(redis_client, Keys(), ledger.failure_record("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
+    ledger.record_failure(redis_client, Keys(), failed("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
     queue = video_queue(redis_client, settings)
     # A consumer takes a video exactly as rq does: dequeue, then an execution in the started registry.
     busy = SimpleWorker([queue], connection=redis_client, name="busy-consumer", serializer=JOB_SERIALIZER)
@@ -90,7 +91,7 @@ def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> Non
     for video, top1 in videos.items():
         ledger.record_prediction(redis_client, Keys(), prediction(video, top1))
     ledger.record_prediction(redis_client, Keys(), prediction("v/0000.mp4", "sketching", SYNTHETIC))
-    ledger.record_failure(redis_client, Keys(), ledger.failure_record("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
+    ledger.record_failure(redis_client, Keys(), failed("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
 
     rows = export_rows(redis_client, Keys(), MODEL)
     assert not isinstance(rows, list)
@@ -102,11 +103,11 @@ def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> Non
     assert write_rows(export_rows(redis_client, Keys(), MODEL, include_failed=True), out, "csv") == 1201
     parsed = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert list(parsed[0]) == COLUMNS
-    failed = [row for row in parsed if row["outcome"] == "failed"]
-    assert [(row["video"], row["error"], row["worker"]) for row in failed] == [("v/bad.mp4", "cannot decode", "w2")]
-    counted = next(row for row in parsed if row["video"] == "v/0001.mp4")
-    assert counted["top1"] == "juggling" and float(counted["top1_probability"]) == 0.6 and counted["top5"] == "e"
-    assert float(counted["total_ms"]) == 340.0
+    failures = [row for row in parsed if row["outcome"] == "failed"]
+    assert [(row["video"], row["error"], row["worker"]) for row in failures] == [("v/bad.mp4", "cannot decode", "w2")]
+    row = next(row for row in parsed if row["video"] == "v/0001.mp4")
+    assert row["top1"] == "juggling" and float(row["top1_probability"]) == 0.6 and row["top5"] == "e"
+    assert float(row["total_ms"]) == 340.0
 
     out = io.StringIO()
     write_rows(export_rows(redis_client, Keys(), SYNTHETIC), out, "jsonl")
@@ -115,7 +116,7 @@ def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> Non
 
 
 def test_export_row_matches_the_stored_record() -> None:
-    row = export_row(prediction("a b/ü.mp4", "juggling"))
+    row = export_row(prediction("a b/ü.mp4", "juggling").to_json(), "counted")
     assert row["video"] == "a b/ü.mp4" and row["outcome"] == "counted"
     assert [row[f"top{rank}"] for rank in range(1, 6)] == ["juggling", "b", "c", "d", "e"]
     assert row["error"] is None and set(row) == set(COLUMNS)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import InferenceOptions, frame_probabilities
+from .engines import Engine
 from .preprocess import to_model_input
 
 
@@ -38,13 +38,10 @@ class _Request:
 class InferenceBatcher:
     """One inference thread over a shared model; ``probabilities(frames)`` is safe from any thread."""
 
-    def __init__(
-        self, model: torch.nn.Module, options: InferenceOptions, max_videos: int, max_wait_s: float = 0.005
-    ) -> None:
+    def __init__(self, engine: Engine, max_videos: int, max_wait_s: float = 0.005) -> None:
         if max_videos < 1:
             raise ValueError("max_videos must be at least 1")
-        self._model = model
-        self._options = options
+        self._engine = engine
         self.max_videos = max_videos
         self.max_wait_s = max_wait_s
         self._requests: queue.Queue[_Request | None] = queue.Queue()
@@ -90,7 +87,7 @@ class InferenceBatcher:
             if not ready:
                 continue
             try:
-                probs = frame_probabilities(self._model, torch.cat(inputs), self._options)
+                probs = self._engine.frame_probabilities(torch.cat(inputs))
                 per_video = split_by_video(probs.cpu(), [len(tensor) for tensor in inputs])
             except BaseException as error:  # every waiting video learns why; none hangs
                 for request in ready:

@@ -16,11 +16,11 @@ from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, S
 
 from . import assets
 from .batching import InferenceBatcher
+from .engines import Engine, check_engine_options, load_engine, resolve_engine
 from .frames import read_frames
 from .model import (
     InferenceOptions,
     build_model,
-    frame_probabilities,
     load_checkpoint,
     prepare_for_inference,
     top_k,
@@ -71,10 +71,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def model_id_for(release: str, weights: Path, categories: list[str], synthetic: bool = False) -> str:
+def model_id_for(
+    release: str, weights: Path, categories: list[str], synthetic: bool = False, weights_sha256: str | None = None
+) -> str:
     """Names the model by content: release, weights hash and category-list hash (random test
     weights marked ``synthetic-``, so no view passes them off as real)."""
-    weights_hash = assets.sha256_of(weights)[:12]
+    weights_hash = (weights_sha256 or assets.sha256_of(weights))[:12]
     categories_hash = hashlib.sha256("\n".join(categories).encode()).hexdigest()[:8]
     model_id = f"{release}-{weights_hash}-{categories_hash}"
     return SYNTHETIC_MODEL_PREFIX + model_id if synthetic else model_id
@@ -93,6 +95,8 @@ class Classifier:
     model: torch.nn.Module
     categories: list[str]
     options: InferenceOptions
+    # What runs the model (torch itself, or a compiled engine on CPUs).
+    engine: Engine
     model_id: str
     num_frames: int
     synthetic_weights: bool
@@ -109,12 +113,12 @@ class Classifier:
 
     def classify_batch(self, batch: torch.Tensor) -> list[tuple[str, float]]:
         """Top-k of one video's preprocessed frames, (N, 3, 224, 224)."""
-        probabilities = video_probabilities(frame_probabilities(self.model, batch, self.options))
+        probabilities = video_probabilities(self.engine.frame_probabilities(batch))
         return top_k(probabilities.cpu(), self.categories, self.top_k)
 
     def share_across_threads(self, max_videos: int) -> None:
         """Let several threads classify at once, their videos batched together on the device."""
-        self.batcher = InferenceBatcher(self.model, self.options, max_videos=max_videos)
+        self.batcher = InferenceBatcher(self.engine, max_videos=max_videos)
 
     def classify_file(self, path: str, name: str | None = None) -> Prediction:
         started = time.perf_counter()
@@ -161,10 +165,16 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
     if settings.precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
         log.warning("bf16_without_cpu_support", hint="this CPU emulates bf16 slowly; use --precision fp32")
     options = InferenceOptions(precision=settings.precision, device=device, compile=settings.compile)
-    model = prepare_for_inference(model, options)
+    engine_name = resolve_engine(settings.engine, options, cpu_supports_bf16())
+    check_engine_options(engine_name, options)
+    weights_sha256 = assets.sha256_of(weights_path)
+    if engine_name == "torch":
+        model = prepare_for_inference(model, options)
+    engine = load_engine(engine_name, model, options, weights_path, weights_sha256, settings.cache_dir,
+                         threads=torch.get_num_threads())
     if settings.compile:
         warm_up(model, options, settings.num_frames)
-    model_id = model_id_for(release.name, weights_path, categories, synthetic)
+    model_id = model_id_for(release.name, weights_path, categories, synthetic, weights_sha256)
     if synthetic:
         log.warning(
             "synthetic_weights",
@@ -177,6 +187,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         weights=str(weights_path),
         classes=len(categories),
         precision=options.precision,
+        engine=engine.name,
         compiled=options.compile,
         device=device,
         threads=torch.get_num_threads(),
@@ -186,6 +197,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         model=model,
         categories=categories,
         options=options,
+        engine=engine,
         model_id=model_id,
         num_frames=settings.num_frames,
         synthetic_weights=synthetic,

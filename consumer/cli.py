@@ -17,8 +17,9 @@ from moments_stream.logs import stream_is_tty
 from moments_stream.settings import DEFAULT_WORKERS, MODEL_RELEASES
 
 from . import assets
-from .classify import Prediction, load_classifier, resolve_model_files
-from .model import make_synthetic_checkpoint
+from .classify import Prediction, cpu_supports_bf16, load_classifier, resolve_device, resolve_model_files
+from .engines import resolve_engine
+from .model import InferenceOptions, make_synthetic_checkpoint
 
 SYNTHETIC_BANNER = "WARNING: synthetic random test weights - these are NOT real action predictions"
 
@@ -65,15 +66,20 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.cache_dir:
         settings = dataclasses.replace(settings, cache_dir=Path(args.cache_dir))
-    digests = {
-        path: assets.sha256_of(path) for path in resolve_model_files(settings, progress=stream_is_tty(sys.stderr))
-    }
+    weights, categories = resolve_model_files(settings, progress=stream_is_tty(sys.stderr))
+    digests = {path: assets.sha256_of(path) for path in (weights, categories)}
     cached = [f"{digest}  {path.relative_to(settings.cache_dir)}" for path, digest in digests.items()
               if path.is_relative_to(settings.cache_dir)]
     if cached:  # `sha256sum -c SHA256SUMS` in the cache directory re-checks them (runtime images do)
         (settings.cache_dir / "SHA256SUMS").write_text("\n".join(cached) + "\n")
     for path, digest in digests.items():
         print(f"{digest}  {path}")
+    options = InferenceOptions(precision=settings.precision, device=resolve_device(settings.device),
+                               compile=settings.compile)
+    engine = resolve_engine(settings.engine, options, cpu_supports_bf16())
+    if engine != "torch":  # convert now, so that functions started from this cache load it ready-made
+        converted = getattr(load_classifier(settings, progress=False).engine, "converted", None)
+        print(f"converted for {engine}: {converted}", file=sys.stderr)
     return 0
 
 
@@ -147,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--seed", type=int, default=0)
 
     fetch = add_command(sub, cmd_fetch_model, "fetch-model", model=True,
-                        help="download the weights and categories into the cache; print their SHA-256")
+                        help="download the weights and categories into the cache, print their SHA-256, "
+                        "and convert the model for the CPU engine (runtime images bake all of it)")
     fetch.add_argument("--cache-dir", help="cache to fill (default MOMENTS_CACHE_DIR); runtime images bake it")
 
     start = add_command(sub, cmd_start, "start", help="run N long-running consumer functions on Lithops",

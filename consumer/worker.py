@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+import psutil
 import redis
 from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
@@ -31,9 +32,20 @@ log = get_logger(__name__)
 
 # How often an idle worker looks at the stop flag and its deadline.
 POLL_S = 2
-# Kept free at the end of a function's time limit: its start-up before the deadline clock starts
-# (imports) and, at the end, publishing the last outcome and leaving rq cleanly.
+# Kept free at the end of a function's time limit: publishing the last outcome and leaving rq
+# cleanly, and the few moments between the backend starting its clock and this process starting.
 EXIT_SLACK_S = 15
+
+
+def process_started() -> float:
+    """When this process began, on the ``time.monotonic`` clock. The backend's time limit runs
+    from about then (Lithops starts each call in a new process), and imports before the function
+    body (torch, ~5 s; far longer on a busy machine or a cold start) already count against it."""
+    try:
+        age_s = time.time() - psutil.Process().create_time()
+    except psutil.Error:
+        age_s = 0.0
+    return time.monotonic() - max(0.0, age_s)
 
 
 class ConsumerWorker(SimpleWorker):
@@ -191,7 +203,7 @@ def run_consumer(
     few seconds to publish and exit), so it ends before its backend's limit would kill it.
     """
     configure_logging()
-    started = time.monotonic()
+    started = process_started()
     # The download cache is the function's own: a runtime image bakes the weights into it
     # (MOMENTS_CACHE_DIR in runtime/), where the launcher's machine may keep them elsewhere.
     settings = dataclasses.replace(settings, cache_dir=cache_dir_from(os.environ))

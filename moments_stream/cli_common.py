@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import MomentsError
 from .logs import configure_logging, get_logger
-from .settings import MODEL_RELEASES, PRECISIONS, Settings
+from .settings import ENGINES, MODEL_RELEASES, PRECISIONS, Settings
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--categories", help="category list path or URL (env MOMENTS_CATEGORIES)")
     group.add_argument("--frames", type=int, dest="num_frames", help="frames sampled per video (default 16)")
     group.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 (CPU autocast), fp16 (GPU)")
+    group.add_argument("--engine", choices=ENGINES,
+                       help="what runs the model: auto (default: openvino on CPUs, torch on GPUs), torch, openvino, "
+                       "onnxruntime (env MOMENTS_ENGINE)")
     group.add_argument("--threads", type=int, help="torch threads per model (default: the CPUs each consumer gets)")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the model once per worker (env MOMENTS_COMPILE=1)")
@@ -57,8 +60,8 @@ def add_command(
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    fields = ("model", "weights", "categories", "num_frames", "precision", "threads", "compile", "device", "redis_url",
-              "bucket")
+    fields = ("model", "weights", "categories", "num_frames", "precision", "engine", "threads", "compile", "device",
+              "redis_url", "bucket")
     return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
 
 

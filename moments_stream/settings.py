@@ -59,6 +59,9 @@ def packaged_categories(release: ModelRelease) -> Path:
 DEFAULT_NUM_FRAMES = 16
 DEFAULT_PRECISION = "fp32"
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What runs the forward pass (consumer/engines.py); auto: the fastest exact one for the device.
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")
+DEFAULT_ENGINE = "auto"
 DEFAULT_TOP_K = 5
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_BUCKET = "moments-stream"
@@ -140,6 +143,7 @@ class Settings:
     data_dir: Path = dataclasses.field(default_factory=lambda: _default_data_dir(os.environ))
     num_frames: int = DEFAULT_NUM_FRAMES
     precision: str = DEFAULT_PRECISION
+    engine: str = DEFAULT_ENGINE
     threads: int | None = None
     compile: bool = False
     decode_threads: int | None = None
@@ -175,6 +179,7 @@ class Settings:
             data_dir=Path(env["MOMENTS_DATA_DIR"]) if env.get("MOMENTS_DATA_DIR") else _default_data_dir(env),
             num_frames=_int(env, "MOMENTS_NUM_FRAMES", DEFAULT_NUM_FRAMES),
             precision=env.get("MOMENTS_PRECISION", DEFAULT_PRECISION),
+            engine=env.get("MOMENTS_ENGINE", DEFAULT_ENGINE),
             threads=_int(env, "MOMENTS_THREADS", 0) or None,
             compile=env.get("MOMENTS_COMPILE", "0") not in ("0", "", "false", "no"),
             decode_threads=_int(env, "MOMENTS_DECODE_THREADS", 0) or None,
@@ -210,6 +215,9 @@ class Settings:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown inference engine {self.engine!r}",
+                              fix=f"use one of: {', '.join(ENGINES)} (MOMENTS_ENGINE or --engine)")
         if self.num_frames < 1:
             raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.namespace):

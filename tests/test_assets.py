@@ -140,12 +140,18 @@ def test_fetch_model_bakes_a_cache_that_serves_offline(
     assert printed[str(weights)] == assets.sha256_of(checkpoint_v1)
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=baked, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.count(": OK") == 2, check.stdout + check.stderr
+    # The model converted for the default CPU engine is baked too, beside the weights, keyed by their hash.
+    weights = assets.cache_path_for(urls["MOMENTS_WEIGHTS"], baked)
+    (converted,) = (weights.parent / "engines").iterdir()
+    assert converted.name.startswith(assets.sha256_of(checkpoint_v1)[:16] + "-openvino-")
+    assert (converted / "model.xml").is_file() and "converted for openvino" in done.stderr
 
     for served in root.iterdir():
         served.unlink()  # the release server is gone: a function must not need it
     before = len(requests)
     classifier = load_classifier(Settings.from_env({**urls, "MOMENTS_CACHE_DIR": str(baked)}), progress=False)
     assert len(classifier.categories) == 339 and len(requests) == before
+    assert classifier.engine.converted == converted and list(converted.parent.iterdir()) == [converted]
 
 
 def test_fetch_model_refuses_a_file_with_another_checksum(http_root, tmp_path: Path, categories_v1: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from consumer.batching import InferenceBatcher, split_by_video
 from consumer.classify import Classifier
-from consumer.model import frame_probabilities, video_probabilities
+from consumer.model import video_probabilities
 from consumer.preprocess import to_model_input
 from consumer.worker import combined_exit_reason, decode_threads_for
 from moments_stream.settings import Settings
@@ -32,11 +32,8 @@ def random_videos(count: int) -> list[np.ndarray]:
 
 def test_concurrent_videos_share_forward_passes_with_unchanged_results(classifier: Classifier) -> None:
     videos = random_videos(6)
-    alone = [
-        video_probabilities(frame_probabilities(classifier.model, to_model_input(video), classifier.options))
-        for video in videos
-    ]
-    batcher = InferenceBatcher(classifier.model, classifier.options, max_videos=4, max_wait_s=0.5)
+    alone = [video_probabilities(classifier.engine.frame_probabilities(to_model_input(video))) for video in videos]
+    batcher = InferenceBatcher(classifier.engine, max_videos=4, max_wait_s=0.5)
     results: dict[int, torch.Tensor] = {}
     start = threading.Barrier(len(videos))
 
@@ -56,7 +53,7 @@ def test_concurrent_videos_share_forward_passes_with_unchanged_results(classifie
 
 
 def test_a_bad_video_fails_alone(classifier: Classifier) -> None:
-    batcher = InferenceBatcher(classifier.model, classifier.options, max_videos=4)
+    batcher = InferenceBatcher(classifier.engine, max_videos=4)
     try:
         with pytest.raises(ValueError, match="expected"):
             batcher.probabilities(np.zeros((2, 8, 8), dtype=np.uint8))

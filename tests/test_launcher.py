@@ -35,3 +35,19 @@ def test_function_timeout_is_capped_at_the_backend_limit() -> None:
     assert function_time_limit_s(LAMBDA_900, 600) == 600
     assert function_time_limit_s(LOCALHOST, None) == 3600
     assert function_time_limit_s(LOCALHOST, 40) == 40
+
+
+def test_a_consumer_counts_its_time_from_when_its_process_began() -> None:
+    """Slow imports before the function body (a busy machine, a cold start) count against the
+    backend's limit, so they count against the consumer's deadline too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import time\ntime.sleep(2)\n"  # what importing torch costs on a slow start
+        "from consumer.worker import process_started\nprint(time.monotonic() - process_started())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo, check=True)
+    assert float(done.stdout) >= 2.0

@@ -10,6 +10,7 @@ import lithops
 from lithops.wait import ANY_COMPLETED
 
 from moments_stream import ledger
+from moments_stream.errors import ConfigError
 from moments_stream.lithops_env import backend_time_limit_s, lithops_config
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
@@ -44,11 +45,39 @@ def request_stop(settings: Settings) -> int:
     return len(workers)
 
 
+# The shortest time limit that leaves a consumer time to start and take videos.
+MIN_FUNCTION_TIMEOUT_S = 2 * EXIT_SLACK_S
+
+
 def consumer_runtime_s(function_timeout_s: int, stop_margin_s: int) -> int:
-    """How long a consumer takes new videos: its function's time limit less a margin for the video
-    in hand (at most a quarter of the limit, so short limits still get work done), and never past
-    the point where its last video is cut short (``EXIT_SLACK_S`` before the limit)."""
-    return function_timeout_s - max(EXIT_SLACK_S, min(stop_margin_s, function_timeout_s // 4))
+    """How long a consumer takes new videos: until a margin for the video in hand (at most a
+    quarter of the limit, so short limits still get work done) before the point where that video
+    is cut short, ``EXIT_SLACK_S`` before the function's time limit."""
+    return function_timeout_s - EXIT_SLACK_S - min(stop_margin_s, function_timeout_s // 4)
+
+
+def checked_function_timeout_s(function_timeout_s: int) -> int:
+    """A time limit that leaves a consumer time to take videos, else a ConfigError naming the fix."""
+    if function_timeout_s < MIN_FUNCTION_TIMEOUT_S:
+        raise ConfigError(
+            f"a {function_timeout_s} s function time limit leaves a consumer no time to classify "
+            f"(it stops {EXIT_SLACK_S} s before the limit, plus a margin for the video in hand): "
+            f"use --function-timeout {MIN_FUNCTION_TIMEOUT_S} or more, or raise the backend's runtime_timeout"
+        )
+    return function_timeout_s
+
+
+def relaunch_wanted(summary: dict[str, Any], relaunches_left: int) -> tuple[bool, int]:
+    """Whether a finished consumer is replaced (while videos are pending), and the relaunch budget
+    left. A consumer that left for its time limit after doing work is always replaced; one that
+    crashed, or reached its limit without finishing a video (a start-up slower than its time to
+    take videos), would likely do the same again, so those draw on a budget."""
+    reason = summary.get("reason")
+    if reason == "deadline" and summary.get("jobs", 0) > 0:
+        return True, relaunches_left
+    if reason in ("deadline", "crashed") and relaunches_left > 0:
+        return True, relaunches_left - 1
+    return False, relaunches_left
 
 
 def function_time_limit_s(config: dict, requested_s: int | None) -> int:
@@ -88,7 +117,7 @@ def run_consumers(
     keys = settings.keys
     client.delete(keys.stop_consumers())
     config = lithops_config(settings, workers=workers)
-    function_timeout_s = function_time_limit_s(config, function_timeout_s)
+    function_timeout_s = checked_function_timeout_s(function_time_limit_s(config, function_timeout_s))
     config["lithops"]["execution_timeout"] = function_timeout_s
     if config["lithops"]["backend"] == "localhost":
         settings = with_local_assets(settings)
@@ -102,7 +131,6 @@ def run_consumers(
         return [executor.call_async(run_consumer, call) for _ in range(count)]
 
     running = launch(workers)
-    # A function that crashes at start (bad weights, unreachable Redis) would crash again.
     relaunches_left = 3 * workers
     summaries: list[dict[str, Any]] = []
     log.info("consumers_launched", workers=workers, backend=config["lithops"]["backend"],
@@ -119,10 +147,14 @@ def run_consumers(
                 log.error("consumer_crashed", error=summary["error"])
             summaries.append(summary)
             stopping = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers())
-            wanted = summary.get("reason") == "deadline" or (summary.get("reason") == "crashed" and relaunches_left > 0)
-            if not stopping and wanted and ledger.pending_count(client, keys):
-                relaunches_left -= summary.get("reason") == "crashed"
+            if stopping or not ledger.pending_count(client, keys):
+                continue
+            wanted, relaunches_left = relaunch_wanted(summary, relaunches_left)
+            if wanted:
                 log.info("consumer_relaunched", previous=summary.get("worker"), reason=summary.get("reason"))
                 running.extend(launch(1))
+            elif summary.get("reason") in ("deadline", "crashed"):
+                log.error("consumer_not_relaunched", previous=summary.get("worker"), reason=summary.get("reason"),
+                          fix="read the consumers' errors above; for slow starts raise --function-timeout")
     executor.clean(clean_cloudobjects=True)
     return summaries

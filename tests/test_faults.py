@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
+from consumer.launcher import consumer_runtime_s
 from tests.media import synthetic_frames, write_h264
 from tests.pipeline import (
     client_for,
@@ -143,25 +145,35 @@ def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) ->
 
 def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str, str], tmp_path: Path) -> None:
     """A backend that stops functions early (Lambda: 15 min) must see them leave, never kill them."""
-    function_timeout = 30
-    # 16 frames a clip: about twice the work one 15 s function can do, so a relaunch is certain
-    # (with 8, a fast run finished all 36 clips just as the first function's time ran out).
-    env = dict(env, MOMENTS_NUM_FRAMES="16")
-    expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 76)))
+    function_timeout, margin = 45, 10
+    takes_videos_for = consumer_runtime_s(function_timeout, margin)  # 20 s from its process start
+    barrier = tmp_path / "barrier"
+    # The first video in the queue is held until its consumer's time to take videos has passed, so
+    # that consumer certainly leaves for its time limit with videos still pending, however fast it is.
+    hold(barrier, "clip40.mp4")
+    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 52)))
     upload_and_enqueue(env, tmp_path / "in")
     aggregator = start(env, "aggregator", "run")
-    limited = dict(env, MOMENTS_STOP_MARGIN="10")
-    consumers = run(limited, "consumer", "start", "--workers", "1", "--function-timeout", str(function_timeout),
-                    "--idle-exit", "5", timeout=600)
-    assert consumers.returncode == 0, consumers.stderr[-3000:]
-    summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
+    consumers = start(dict(env, MOMENTS_STOP_MARGIN=str(margin)), "consumer", "start", "--workers", "1",
+                      "--function-timeout", str(function_timeout), "--idle-exit", "5")
+    reached = barrier / "reached-clip40.mp4"
+    wait_until(reached.exists, 180, "the first consumer holding clip40.mp4")
+    past_its_deadline = psutil.Process(int(reached.read_text())).create_time() + takes_videos_for + 1
+    wait_until(lambda: time.time() > past_its_deadline, takes_videos_for + 5, "the holder's deadline")
+    (barrier / "hold-clip40.mp4").unlink()
+    out, err = consumers.communicate(timeout=600)
+    assert consumers.returncode == 0, err[-3000:]
+    summaries = [json.loads(line) for line in out.splitlines()]
     client = client_for(env)
     wait_until(lambda: client.hlen("moments:pending") == 0, 120, "every video recorded")
     stop_aggregator(aggregator)
 
     reasons = [summary["reason"] for summary in summaries]
-    assert "crashed" not in reasons, summaries
-    assert reasons.count("deadline") >= 1 and reasons[-1] == "idle", summaries
+    assert summaries[0]["reason"] == "deadline" and summaries[0]["jobs"] == 1, summaries
+    # every consumer but the last left for its time limit and was replaced; the last one left idle,
+    # or for its time limit once nothing was pending
+    assert len(summaries) >= 2 and set(reasons[:-1]) == {"deadline"} and reasons[-1] in ("idle", "deadline"), summaries
     assert all(summary["runtime_s"] < function_timeout for summary in summaries)
     assert counts(env) == collections.Counter(expected.values())
     assert client.hlen("moments:failed") == 0

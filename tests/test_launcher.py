@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.launcher import consumer_runtime_s, function_time_limit_s
+from consumer.launcher import (
+    MIN_FUNCTION_TIMEOUT_S,
+    checked_function_timeout_s,
+    consumer_runtime_s,
+    function_time_limit_s,
+    relaunch_wanted,
+)
 from consumer.worker import EXIT_SLACK_S
+from moments_stream.errors import ConfigError
 from moments_stream.lithops_env import backend_time_limit_s
 
 LAMBDA = {"lithops": {"backend": "aws_lambda"}}
@@ -15,11 +22,38 @@ LOCALHOST = {"lithops": {"backend": "localhost"}}
 
 @pytest.mark.parametrize(
     ("function_timeout", "margin", "runtime"),
-    [(3600, 120, 3480), (900, 120, 780), (900, 600, 675), (100, 120, 75), (40, 10, 40 - EXIT_SLACK_S)],
+    [(3600, 120, 3465), (900, 120, 765), (900, 600, 660), (100, 120, 60), (45, 10, 20), (30, 120, 8)],
 )
-def test_consumers_stop_taking_videos_before_their_limit(function_timeout: int, margin: int, runtime: int) -> None:
+def test_consumers_stop_taking_videos_a_margin_before_their_last_video_is_cut(
+    function_timeout: int, margin: int, runtime: int
+) -> None:
     assert consumer_runtime_s(function_timeout, margin) == runtime
-    assert runtime <= function_timeout - EXIT_SLACK_S
+    # the video in hand has the whole margin (at most a quarter of the limit) before it is cut short
+    assert function_timeout - EXIT_SLACK_S - runtime == min(margin, function_timeout // 4)
+
+
+def test_a_time_limit_too_short_to_classify_is_refused_with_the_fix() -> None:
+    assert checked_function_timeout_s(MIN_FUNCTION_TIMEOUT_S) == MIN_FUNCTION_TIMEOUT_S
+    assert consumer_runtime_s(MIN_FUNCTION_TIMEOUT_S, 120) > 0
+    with pytest.raises(ConfigError, match=f"--function-timeout {MIN_FUNCTION_TIMEOUT_S} or more"):
+        checked_function_timeout_s(MIN_FUNCTION_TIMEOUT_S - 1)
+
+
+@pytest.mark.parametrize(
+    ("summary", "budget", "wanted", "budget_after"),
+    [
+        ({"reason": "deadline", "jobs": 12}, 0, True, 0),  # did work: always replaced, free
+        ({"reason": "deadline", "jobs": 0}, 2, True, 1),  # started too slowly to work: budgeted
+        ({"reason": "deadline", "jobs": 0}, 0, False, 0),
+        ({"worker": None, "reason": "crashed", "error": "OSError"}, 1, True, 0),
+        ({"worker": None, "reason": "crashed", "error": "OSError"}, 0, False, 0),
+        ({"reason": "idle", "jobs": 3}, 3, False, 3),
+        ({"reason": "stopped", "jobs": 3}, 3, False, 3),
+        ({"reason": "superseded", "jobs": 1}, 3, False, 3),
+    ],
+)
+def test_which_finished_consumers_are_relaunched(summary: dict, budget: int, wanted: bool, budget_after: int) -> None:
+    assert relaunch_wanted(summary, budget) == (wanted, budget_after)
 
 
 def test_backend_limits_come_from_the_config_else_lithops_defaults() -> None:

@@ -250,12 +250,16 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
 
 
 def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, str], tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    hold(barrier, "clip70.mp4")  # so that Redis goes away mid-run, with a video in a consumer's hands
+    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
     pipeline = start_pipeline(env, tmp_path / "in", range(60, 80))
     client = pipeline.client
-    wait_until(lambda: client.hlen(predictions_key(client)) >= 4, 120, "the first counts")
+    wait_until((barrier / "reached-clip70.mp4").exists, 180, "a consumer holding clip70.mp4")
     server.stop()
-    time.sleep(3)
+    time.sleep(3)  # down for longer than a consumer's first reconnection attempts
     server.start()
+    (barrier / "hold-clip70.mp4").unlink()
 
     finish(env, pipeline.consumers)
     report = stop_aggregator(pipeline.aggregator)

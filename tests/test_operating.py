@@ -10,7 +10,6 @@ import collections
 import csv
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -142,12 +141,17 @@ def test_producer_watch_enqueues_a_later_upload_once(env: dict[str, str], tmp_pa
     make_clips(later, range(41, 42))
     assert run(env, "producer", "upload", str(first), "in/").returncode == 0
     client = client_for(env)
-    watch = start(env, "producer", "watch", "in/", "--interval", "0.3")
+    watch = start(env, "producer", "watch", "in/", "--interval", "0.3", "--verbose")  # a log event per pass
+
+    def passes() -> int:
+        return sum('"event": "watch_pass"' in line for line in watch.output()[1].splitlines())
+
     try:
         wait_until(lambda: client.hlen("moments:pending") == 1, 60, "the first pass")
         assert run(env, "producer", "upload", str(later), "in/").returncode == 0
         wait_until(lambda: client.hlen("moments:pending") == 2, 60, "the later upload to be enqueued")
-        time.sleep(1.5)  # several more passes over the same two files
+        passes_then = passes()
+        wait_until(lambda: passes() >= passes_then + 3, 60, "three more passes over the same two files")
         assert client.llen("rq:queue:moments-videos") == 2
     finally:
         watch.send_signal(signal.SIGTERM)

@@ -1,0 +1,295 @@
+"""Bookkeeping at fleet scale, run by hand: what one Redis and one aggregator spend per video when
+classification is instant (a GPU fleet), measured with the real producer, rq job, ledger, outbox
+and results-queue code. Only the model and the object store are replaced (an instant classifier,
+an in-memory store); everything that talks to Redis is the project's own.
+
+    .venv/bin/python bench/fleet.py                                  # 20,000 videos, 4 consumers
+    .venv/bin/python bench/fleet.py --videos 50000 --consumers 8 --aggregators 2 --producers 2
+
+Phases, each against one fresh redis-server (the embedded one, AOF on as `moments-stream run`
+starts it):
+
+1. produce: M producer processes enqueue their share of the keys (``producer enqueue``'s path:
+   the seen-hash check and the rq jobs in one transaction, in batches);
+2. classify: N consumer processes (each one real rq ``ConsumerWorker``) and K aggregators run
+   until every video is recorded. Steady state is the window between 20 % and 80 % recorded;
+   it prints videos/s, Redis commands per video (INFO commandstats, calls made by Lua scripts
+   included) and Redis CPU per video (the server's own user+sys CPU, INFO cpu);
+3. drain: outcomes already published (outbox + results queue) for D more videos, then K
+   aggregators alone: videos/s recorded.
+
+Redis and the benchmark share this machine's cores, so videos/s is a floor; the per-video
+commands and Redis CPU are what decides how far one Redis core goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import redis  # noqa: E402
+
+from aggregator.drain import drain  # noqa: E402
+from consumer.classify import Prediction  # noqa: E402
+from consumer.jobs import WorkerContext, bind_context  # noqa: E402
+from consumer.worker import ConsumerWorker, work_until_done  # noqa: E402
+from moments_stream import outcome, results  # noqa: E402
+from moments_stream.embedded_redis import start_redis_server  # noqa: E402
+from moments_stream.logs import configure_logging  # noqa: E402
+from moments_stream.queues import enqueue_videos, video_queue  # noqa: E402
+from moments_stream.redis_conn import connect  # noqa: E402
+from moments_stream.results import open_results_queue  # noqa: E402
+from moments_stream.settings import Settings  # noqa: E402
+
+BUCKET = "fleet"
+CATEGORIES = [f"category-{index:03d}" for index in range(339)]
+MODEL_ID = "fleet-bench-instant"
+# The producer enqueues in batches of this many keys (producer.enqueue's batch size).
+ENQUEUE_BATCH = 1000
+IDLE_EXIT_S = 3
+
+
+class InstantClassifier:
+    """The model replaced: a deterministic top-5 from the video's name, at no cost."""
+
+    model_id = MODEL_ID
+
+    def classify_file(self, path: str, name: str | None = None) -> Prediction:
+        digest = hashlib.blake2b((name or path).encode(), digest_size=4).digest()
+        first = int.from_bytes(digest, "big") % len(CATEGORIES)
+        top5 = [(CATEGORIES[(first + rank) % len(CATEGORIES)], 0.5 / (rank + 1)) for rank in range(5)]
+        return Prediction(name or path, top5, MODEL_ID, 16, 0.0, 0.0, synthetic_weights=True)
+
+
+class InMemoryStorage:
+    """The object store replaced: every key is a tiny object."""
+
+    def get_object(self, bucket: str, key: str, stream: bool = False) -> io.BytesIO:
+        return io.BytesIO(b"\x00" * 64)
+
+
+def settings_for(redis_url: str) -> Settings:
+    return Settings.from_env({"MOMENTS_REDIS_URL": redis_url, "MOMENTS_BUCKET": BUCKET})
+
+
+def video_ids(first: int, count: int) -> dict[str, str]:
+    return {f"{BUCKET}/videos/{index:08d}.mp4": f"etag-{index}" for index in range(first, first + count)}
+
+
+def logs_as_in_production() -> None:
+    """The stages' own logging (JSON events; the aggregator logs one per video), its output dropped."""
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of this bench process
+    configure_logging(json_logs=True)
+
+
+def produce(redis_url: str, first: int, count: int) -> None:
+    logs_as_in_production()
+    settings = settings_for(redis_url)
+    client = connect(redis_url)
+    videos = video_ids(first, count)
+    names = list(videos)
+    for start in range(0, count, ENQUEUE_BATCH):
+        batch = {name: videos[name] for name in names[start : start + ENQUEUE_BATCH]}
+        enqueue_videos(client, settings, batch, only_new=True)
+
+
+def consume(redis_url: str, index: int) -> None:
+    logs_as_in_production()
+    settings = settings_for(redis_url)
+    client = connect(redis_url)
+    name = f"fleet-{socket.gethostname()}-{os.getpid()}-{index}"
+    bind_context(WorkerContext(InstantClassifier(), client, InMemoryStorage(),
+                               open_results_queue(client, settings), settings, name))
+    forever = time.monotonic() + 24 * 3600
+    worker = ConsumerWorker([video_queue(client, settings)], connection=client, name=name, deadline=forever,
+                            hard_deadline=forever, lease_s=settings.consumer_lease_s,
+                            stop_key=settings.keys.stop_consumers())
+    work_until_done(worker, IDLE_EXIT_S)
+
+
+def aggregate(redis_url: str) -> None:
+    logs_as_in_production()
+    settings = settings_for(redis_url)
+    client = connect(redis_url)
+    drain(client, settings.keys, open_results_queue(client, settings), idle_exit_s=IDLE_EXIT_S)
+
+
+def publish_outcomes(redis_url: str, first: int, count: int) -> None:
+    """Outcomes as consumers leave them: in the outbox and on the results queue."""
+    logs_as_in_production()
+    settings = settings_for(redis_url)
+    client = connect(redis_url)
+    queue = open_results_queue(client, settings)
+    classifier = InstantClassifier()
+    for video, fingerprint in video_ids(first, count).items():
+        prediction = classifier.classify_file(video, name=video)
+        message = outcome.counted(video, fingerprint, MODEL_ID, prediction.top5, worker="fleet-publisher",
+                                  synthetic_weights=True)
+        results.publish(client, settings.keys, queue, message)
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    recorded: int
+    calls: dict[str, int]
+    cpu_s: float
+
+
+def sample(client: redis.Redis, recorded: int) -> Sample:
+    stats = client.info("commandstats")
+    cpu = client.info("cpu")
+    calls = {name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()}
+    return Sample(time.monotonic(), recorded, calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+
+
+@dataclass(frozen=True)
+class Window:
+    videos: int
+    seconds: float
+    calls: dict[str, int]
+    cpu_s: float
+
+    @property
+    def commands_per_video(self) -> float:
+        return sum(self.calls.values()) / self.videos
+
+    @property
+    def cpu_us_per_video(self) -> float:
+        return self.cpu_s * 1e6 / self.videos
+
+    @property
+    def videos_per_s(self) -> float:
+        return self.videos / self.seconds
+
+
+def between(before: Sample, after: Sample) -> Window:
+    calls = {name: count - before.calls.get(name, 0) for name, count in after.calls.items()}
+    # the sampling itself (INFO) is the bench's, not the pipeline's
+    calls.pop("info", None)
+    return Window(after.recorded - before.recorded, after.at - before.at,
+                  {name: count for name, count in calls.items() if count}, after.cpu_s - before.cpu_s)
+
+
+def recorded_count(client: redis.Redis, settings: Settings) -> int:
+    return int(client.hlen(settings.keys.predictions(MODEL_ID)))
+
+
+def start_processes(target: Callable[..., None], argument_lists: list[tuple]) -> list[multiprocessing.Process]:
+    processes = [multiprocessing.Process(target=target, args=arguments) for arguments in argument_lists]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def join(processes: list[multiprocessing.Process]) -> None:
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"a bench process failed (exit {process.exitcode})")
+
+
+def split(total: int, parts: int) -> list[tuple[int, int]]:
+    """(first, count) slices of ``range(total)``, ``parts`` of them."""
+    size, extra = divmod(total, parts)
+    slices, first = [], 0
+    for part in range(parts):
+        count = size + (part < extra)
+        slices.append((first, count))
+        first += count
+    return slices
+
+
+def wait_for_recorded(client: redis.Redis, settings: Settings, target: int, poll_s: float = 0.05) -> Sample:
+    while True:
+        recorded = recorded_count(client, settings)
+        if recorded >= target:
+            return sample(client, recorded)
+        time.sleep(poll_s)
+
+
+def print_window(title: str, window: Window, top: int = 12) -> None:
+    print(f"\n{title}: {window.videos} videos in {window.seconds:.2f} s = {window.videos_per_s:,.0f} videos/s")
+    print(f"  Redis commands per video: {window.commands_per_video:.1f}")
+    print(f"  Redis CPU per video: {window.cpu_us_per_video:.0f} us "
+          f"(one Redis core: {1e6 / max(window.cpu_us_per_video, 1e-9):,.0f} videos/s of bookkeeping)")
+    ranked = sorted(window.calls.items(), key=lambda item: -item[1])[:top]
+    print("  per video: " + ", ".join(f"{name} {count / window.videos:.2f}" for name, count in ranked))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=20_000)
+    parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument("--aggregators", type=int, default=1)
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--drain-videos", type=int, default=30_000)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="moments-fleet-"))
+    port = free_port()
+    start_redis_server(port, data_dir)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    client = connect(redis_url)
+    settings = settings_for(redis_url)
+    print(f"redis-server {client.info('server')['redis_version']} (AOF on), {os.cpu_count()} CPUs; "
+          f"{args.videos} videos, {args.producers} producers, {args.consumers} consumers, "
+          f"{args.aggregators} aggregators")
+    try:
+        client.config_resetstat()
+        before = sample(client, 0)
+        slices = split(args.videos, args.producers)
+        join(start_processes(produce, [(redis_url, first, count) for first, count in slices]))
+        after = sample(client, args.videos)
+        print_window("produce", between(before, after))
+
+        client.config_resetstat()
+        aggregators = start_processes(aggregate, [(redis_url,)] * args.aggregators)
+        consumers = start_processes(consume, [(redis_url, index) for index in range(args.consumers)])
+        started = sample(client, 0)
+        low = wait_for_recorded(client, settings, int(args.videos * 0.2))
+        high = wait_for_recorded(client, settings, int(args.videos * 0.8))
+        done = wait_for_recorded(client, settings, args.videos)
+        join(consumers + aggregators)
+        print_window("classify, steady state (20 % to 80 % recorded)", between(low, high))
+        print_window("classify, whole round (start-up and idle exit included)", between(started, done))
+
+        first = args.videos
+        enqueue_videos(client, settings, video_ids(first, args.drain_videos))
+        join(start_processes(publish_outcomes, [(redis_url, first + offset, count)
+                                                for offset, count in split(args.drain_videos, args.producers)]))
+        target = recorded_count(client, settings) + args.drain_videos
+        before = sample(client, recorded_count(client, settings))
+        aggregators = start_processes(aggregate, [(redis_url,)] * args.aggregators)
+        after = wait_for_recorded(client, settings, target)
+        join(aggregators)
+        print_window(f"drain by {args.aggregators} aggregator(s), outcomes already published", between(before, after))
+    finally:
+        with contextlib.suppress(redis.RedisError):  # a plain client: ours retries a vanished server
+            redis.Redis.from_url(redis_url).shutdown(nosave=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -49,10 +49,14 @@ def logged_fields(outcome: VideoOutcome) -> dict[str, object]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def apply(client: redis.Redis, keys: Keys, outcome: VideoOutcome, report: DrainReport) -> None:
-    """Record one outcome from a consumer (a prediction, or a video that could not be classified);
-    logs one ``video_recorded`` event with the outcome and the consumer's timings."""
-    result = ledger.record(client, keys, outcome)
+def apply_batch(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome], report: DrainReport) -> None:
+    """Record outcomes in one atomic ledger call; logs one ``video_recorded`` event per video with
+    the outcome and the consumer's timings."""
+    for outcome, result in zip(outcomes, ledger.record_batch(client, keys, outcomes), strict=True):
+        note(outcome, result, report)
+
+
+def note(outcome: VideoOutcome, result: ledger.RecordResult, report: DrainReport) -> None:
     fields = logged_fields(outcome)
     if result is ledger.RecordResult.DUPLICATE:
         report.duplicates += 1
@@ -87,6 +91,7 @@ def set_aside(client: redis.Redis, keys: Keys, error: results.MalformedMessage, 
 
 def recover_unrecorded(client: redis.Redis, keys: Keys, older_than_s: float, report: DrainReport) -> None:
     """Record outbox entries whose queue message was lost (popped by an aggregator that died)."""
+    outcomes: list[VideoOutcome] = []
     for video, raw in ledger.unrecorded_outcomes(client, keys, older_than_s):
         try:
             outcome = results.decode_outcome(raw)
@@ -95,17 +100,24 @@ def recover_unrecorded(client: redis.Redis, keys: Keys, older_than_s: float, rep
             continue
         report.recovered += 1
         log.warning("outcome_recovered_from_outbox", video=outcome.video, worker=outcome.worker)
-        apply(client, keys, outcome, report)
+        outcomes.append(outcome)
+        if len(outcomes) == ledger.MAX_BATCH:
+            apply_batch(client, keys, outcomes, report)
+            outcomes = []
+    if outcomes:
+        apply_batch(client, keys, outcomes, report)
 
 
-def apply_raw(client: redis.Redis, keys: Keys, raw: bytes, report: DrainReport) -> None:
-    """Record one raw queue message, or set it aside when it is not an outcome this release reads."""
-    try:
-        outcome = results.decode(raw)
-    except results.MalformedMessage as error:
-        set_aside(client, keys, error, report)
-        return
-    apply(client, keys, outcome, report)
+def apply_raws(client: redis.Redis, keys: Keys, raws: list[bytes], report: DrainReport) -> None:
+    """Record raw queue messages together, setting aside those that are not outcomes this release reads."""
+    outcomes = []
+    for raw in raws:
+        try:
+            outcomes.append(results.decode(raw))
+        except results.MalformedMessage as error:
+            set_aside(client, keys, error, report)
+    if outcomes:
+        apply_batch(client, keys, outcomes, report)
 
 
 def drain(
@@ -124,8 +136,8 @@ def drain(
     backoff = Backoff()
     while not (stop_event is not None and stop_event.is_set()):
         try:
-            raw = results.receive(queue, poll_s)
-            if raw is None:
+            raws = results.receive_batch(client, keys, queue, poll_s, max_messages=ledger.MAX_BATCH)
+            if not raws:
                 now = time.monotonic()
                 if now - last_recovery >= min(recover_after_s, 5.0):
                     recover_unrecorded(client, keys, recover_after_s, report)
@@ -135,7 +147,7 @@ def drain(
                     break
                 continue
             last_arrival = time.monotonic()
-            apply_raw(client, keys, raw, report)
+            apply_raws(client, keys, raws, report)
             backoff.reset()
         except REDIS_OUTAGE as error:
             backoff.wait(error)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -30,110 +30,120 @@ class RecordResult(enum.Enum):
     STALE = -1
 
 
-# KEYS: seen, outbox, pending. ARGV: video, fingerprint, model id. Shared head of both scripts: drop
-# a stale version, and clear this version's outbox entry and its pending entry, the latter only when
-# the job was for any model or for this one (a --reclassify waits for the new model's outcome).
+# One script records a batch of outcomes (an aggregator's whole read), each exactly as alone:
+# batching saves round trips and the per-call cost, never a check. Per outcome: drop a stale
+# version; clear this version's outbox entry and its pending entry, the latter only when the job was
+# for any model or for this one (a --reclassify waits for the new model's outcome); then count a
+# prediction once (moving a replaced file's count from its old top-1) or mark a failure unless this
+# very version was counted. Once per batch: the finishes (Redis clock) for throughput, trimmed to the
+# window, and the models that counted.
+# KEYS: seen, outbox, pending, failed, models, recent, then a (predictions, counts) pair per model.
+# ARGV: recent window, then 7 per outcome: kind ("p" prediction, "f" failure), video, fingerprint,
+# model id, index in KEYS of its model's predictions key, top-1 ("" for a failure), record JSON.
 # A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
-_SETTLE = """
-local outboxed = redis.call('HGET', KEYS[2], ARGV[1])
-if outboxed and cjson.decode(outboxed)['fingerprint'] == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
-local latest = redis.call('HGET', KEYS[1], ARGV[1])
-if latest and latest ~= ARGV[2] then return -1 end
-local waiting = redis.call('HGET', KEYS[3], ARGV[1])
-if waiting then
-  local fingerprint, model = waiting, nil
-  if string.sub(waiting, 1, 1) == '{' then
-    local entry = cjson.decode(waiting)
-    fingerprint, model = entry['fingerprint'], entry['model']
+_RECORD_BATCH = """
+local function settled(video, fingerprint, model)
+  local outboxed = redis.call('HGET', KEYS[2], video)
+  if outboxed and cjson.decode(outboxed)['fingerprint'] == fingerprint then redis.call('HDEL', KEYS[2], video) end
+  local latest = redis.call('HGET', KEYS[1], video)
+  if latest and latest ~= fingerprint then return false end
+  local waiting = redis.call('HGET', KEYS[3], video)
+  if waiting then
+    local pending_fingerprint, pending_model = waiting, nil
+    if string.sub(waiting, 1, 1) == '{' then
+      local entry = cjson.decode(waiting)
+      pending_fingerprint, pending_model = entry['fingerprint'], entry['model']
+    end
+    if pending_fingerprint == fingerprint and (pending_model == nil or pending_model == cjson.null
+        or pending_model == model) then
+      redis.call('HDEL', KEYS[3], video)
+    end
   end
-  if fingerprint == ARGV[2] and (model == nil or model == cjson.null or model == ARGV[3]) then
-    redis.call('HDEL', KEYS[3], ARGV[1])
-  end
+  return true
 end
-"""
 
-# Shared tail of both scripts: note when this video finished (Redis clock) for throughput, and
-# forget finishes older than the window. Leaves the time in ``now`` for the caller.
-_NOTE_FINISHED = """
+local function count_prediction(video, fingerprint, predictions, counts, top1, record)
+  local current = redis.call('HGET', predictions, video)
+  if current then
+    local old = cjson.decode(current)
+    if old['fingerprint'] == fingerprint then return 0 end
+    local old_top1 = old['top5'][1][1]
+    if redis.call('HINCRBY', counts, old_top1, -1) <= 0 then redis.call('HDEL', counts, old_top1) end
+  end
+  redis.call('HSET', predictions, video, record)
+  redis.call('HINCRBY', counts, top1, 1)
+  redis.call('HDEL', KEYS[4], video)
+  return 1
+end
+
+local function mark_failed(video, fingerprint, predictions, record)
+  local current = redis.call('HGET', predictions, video)
+  if current and cjson.decode(current)['fingerprint'] == fingerprint then return 0 end
+  redis.call('HSET', KEYS[4], video, record)
+  return 1
+end
+
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-redis.call('ZADD', KEYS[#KEYS], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', now - tonumber(ARGV[#ARGV]))
-"""
-
-# + KEYS: predictions, counts (of the record's model), failed, models, recent.
-# ARGV: video, fingerprint, model id, top1, record JSON, recent window.
-_RECORD_PREDICTION = (
-    _SETTLE
-    + """
-local current = redis.call('HGET', KEYS[4], ARGV[1])
-if current then
-  local old = cjson.decode(current)
-  if old['fingerprint'] == ARGV[2] then return 0 end
-  local old_top1 = old['top5'][1][1]
-  if redis.call('HINCRBY', KEYS[5], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[5], old_top1) end
+local results, finished, counting_models = {}, {}, {}
+for i = 2, #ARGV, 7 do
+  local kind, video, fingerprint, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local index = tonumber(ARGV[i + 4])
+  local result = -1
+  if settled(video, fingerprint, model) then
+    if kind == 'p' then
+      result = count_prediction(video, fingerprint, KEYS[index], KEYS[index + 1], ARGV[i + 5], ARGV[i + 6])
+      if result == 1 then counting_models[model] = true end
+    else
+      result = mark_failed(video, fingerprint, KEYS[index], ARGV[i + 6])
+    end
+    if result == 1 then
+      finished[#finished + 1] = now
+      finished[#finished + 1] = video
+    end
+  end
+  results[#results + 1] = result
 end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
-redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
-redis.call('HDEL', KEYS[6], ARGV[1])
+if #finished > 0 then
+  redis.call('ZADD', KEYS[6], unpack(finished))
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[1]))
+end
+for model in pairs(counting_models) do redis.call('ZADD', KEYS[5], now, model) end
+return results
 """
-    + _NOTE_FINISHED
-    + """
-redis.call('ZADD', KEYS[7], now, ARGV[3])
-return 1
-"""
-)
 
-# + KEYS: predictions (of the failing model), failed, recent. ARGV: video, fingerprint, model id,
-# failure JSON, recent window.
-_RECORD_FAILURE = (
-    _SETTLE
-    + """
-local current = redis.call('HGET', KEYS[4], ARGV[1])
-if current and cjson.decode(current)['fingerprint'] == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
-"""
-    + _NOTE_FINISHED
-    + """
-return 1
-"""
-)
-
-def _run(client: redis.Redis, keys: Keys, source: str, extra_keys: list[str], args: list[Any]) -> RecordResult:
-    script = client.register_script(source)
-    return RecordResult(int(script(keys=[keys.seen(), keys.outbox(), keys.pending(), *extra_keys], args=args)))
+# Outcomes one script call takes at most: Lua's unpack() of the finishes (2 values per outcome)
+# stays far below its stack limit (8,000), and one call stays short for other clients.
+MAX_BATCH = 500
 
 
-def record_prediction(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
-    """Count a counted ``outcome`` once, under its model."""
-    model_id = outcome.model_id or ""
-    return _run(
-        client,
-        keys,
-        _RECORD_PREDICTION,
-        [keys.predictions(model_id), keys.counts(model_id), keys.failed(), keys.models(), keys.recent()],
-        [outcome.video, outcome.fingerprint, model_id, outcome.top1, outcome.encode(), RECENT_WINDOW_S],
-    )
-
-
-def record_failure(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
-    """Mark a video failed with its error unless this very version was counted by the failing model
-    (the current one when the outcome does not say)."""
-    model_id = outcome.model_id or current_model(client, keys) or ""
-    return _run(
-        client,
-        keys,
-        _RECORD_FAILURE,
-        [keys.predictions(model_id), keys.failed(), keys.recent()],
-        [outcome.video, outcome.fingerprint, model_id, outcome.encode(), RECENT_WINDOW_S],
-    )
+def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcome]) -> list[RecordResult]:
+    """Record outcomes consumers published (predictions and failures), in order, in one atomic call
+    per :data:`MAX_BATCH`; one result each. A failure that names no model is the current model's."""
+    script = client.register_script(_RECORD_BATCH)
+    recorded: list[RecordResult] = []
+    for start in range(0, len(outcomes), MAX_BATCH):
+        batch = outcomes[start : start + MAX_BATCH]
+        fallback_model = None
+        if any(not outcome.counted and not outcome.model_id for outcome in batch):
+            fallback_model = current_model(client, keys) or ""
+        script_keys = [keys.seen(), keys.outbox(), keys.pending(), keys.failed(), keys.models(), keys.recent()]
+        model_index: dict[str, int] = {}
+        args: list[Any] = [RECENT_WINDOW_S]
+        for outcome in batch:
+            model_id = outcome.model_id or (fallback_model if not outcome.counted else "") or ""
+            if model_id not in model_index:
+                model_index[model_id] = len(script_keys) + 1  # Lua indexes from 1
+                script_keys += [keys.predictions(model_id), keys.counts(model_id)]
+            args += ["p" if outcome.counted else "f", outcome.video, outcome.fingerprint, model_id,
+                     model_index[model_id], outcome.top1 if outcome.counted else "", outcome.encode()]
+        recorded += [RecordResult(int(code)) for code in script(keys=script_keys, args=args)]
+    return recorded
 
 
 def record(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResult:
     """Record one outcome a consumer published: a prediction or a failure."""
-    if outcome.counted:
-        return record_prediction(client, keys, outcome)
-    return record_failure(client, keys, outcome)
+    return record_batch(client, keys, [outcome])[0]
 
 
 def stage_in_outbox(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> VideoOutcome:

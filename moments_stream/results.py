@@ -107,6 +107,23 @@ def receive(queue: Queue, timeout_s: float) -> bytes | None:
     return queue._reader.recv_bytes_within(timeout_s)
 
 
+def receive_batch(client: redis.Redis, keys: Keys, queue: Queue, timeout_s: float, max_messages: int) -> list[bytes]:
+    """Up to ``max_messages`` raw messages: the next one, waiting at most ``timeout_s``, then those
+    already queued behind it, taken in one atomic round trip (several aggregators may drain one
+    queue: each message goes to exactly one of them). Empty when none came."""
+    first = receive(queue, timeout_s)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    # LRANGE + LTRIM in MULTI rather than LPOP's count argument, which needs Redis 6.2.
+    with client.pipeline(transaction=True) as pipe:
+        pipe.lrange(keys.results_list(), 0, max_messages - 2)
+        pipe.ltrim(keys.results_list(), max_messages - 1, -1)
+        rest, _ = pipe.execute()
+    return [first, *rest]
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     reason: str

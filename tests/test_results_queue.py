@@ -7,6 +7,7 @@ import ast
 import json
 import subprocess
 import sys
+import threading
 from importlib.metadata import version
 from pathlib import Path
 
@@ -95,6 +96,40 @@ def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redi
     assert any("top5" in reason for reason in reasons) and "unknown outcome 'exploded'" in reasons
     assert all(letter["excerpt"] and letter["received_at"] > 0 for letter in letters)
     assert ledger.counts(redis_client, KEYS, "v1-aaaaaaaaaaaa-11111111") == {"juggling": 1}
+
+
+def test_a_batch_is_the_next_messages_in_order(redis_client: redis.Redis) -> None:
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
+    for index in range(7):
+        results.put(queue, counted(f"{index}.mp4"))
+    batches = [results.receive_batch(redis_client, KEYS, queue, 0.1, max_messages=3) for _ in range(4)]
+    videos = [[results.decode(raw).video for raw in batch] for batch in batches]
+    assert videos == [["0.mp4", "1.mp4", "2.mp4"], ["3.mp4", "4.mp4", "5.mp4"], ["6.mp4"], []]
+
+
+def test_several_aggregators_drain_one_queue_together(redis_client: redis.Redis, redis_url: str) -> None:
+    """Each message reaches one aggregator: every video counted once, no duplicate, nothing recovered."""
+    videos = [f"{index:05d}.mp4" for index in range(3 * ledger.MAX_BATCH + 7)]
+    redis_client.hset(KEYS.pending(), mapping=dict.fromkeys(videos, "1:1"))
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
+    for video in videos:
+        results.publish(redis_client, KEYS, queue, counted(video))
+    reports = []
+
+    def aggregate() -> None:
+        client = redis.Redis.from_url(redis_url)
+        own_queue = results.bind_results_queue(client, KEYS, expiry_s=60)
+        reports.append(drain(client, KEYS, own_queue, idle_exit_s=0.3, poll_s=0.1, recover_after_s=3600))
+
+    aggregators = [threading.Thread(target=aggregate) for _ in range(3)]
+    for aggregator in aggregators:
+        aggregator.start()
+    for aggregator in aggregators:
+        aggregator.join()
+    assert sum(report.counted for report in reports) == len(videos)
+    assert sum(report.duplicates + report.recovered + report.dead_letters for report in reports) == 0
+    assert ledger.counts(redis_client, KEYS, "v1-aaaaaaaaaaaa-11111111") == {"juggling": len(videos)}
+    assert redis_client.hlen(KEYS.outbox()) == 0 and ledger.pending_count(redis_client, KEYS) == 0
 
 
 def _unpickling_calls(path: Path) -> list[str]:

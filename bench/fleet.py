@@ -34,6 +34,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,28 @@ def consume(redis_url: str, index: int) -> None:
                             hard_deadline=forever, lease_s=settings.consumer_lease_s,
                             stop_key=settings.keys.stop_consumers())
     work_until_done(worker, IDLE_EXIT_S)
+
+
+def idle_consumers(redis_url: str, first: int, count: int) -> None:
+    """``count`` consumers in one process, one rq worker thread each, polling an empty queue with
+    their heartbeats until ``consumer stop``'s flag is set: what a large fleet costs Redis idle."""
+    logs_as_in_production()
+    settings = settings_for(redis_url)
+    client = connect(redis_url)
+    bind_context(WorkerContext(InstantClassifier(), client, InMemoryStorage(),
+                               open_results_queue(client, settings), settings, f"idle-{os.getpid()}"))
+    forever = time.monotonic() + 24 * 3600
+    workers = []
+    for index in range(first, first + count):
+        own = connect(redis_url)  # each consumer of a fleet is its own process with its own connections
+        workers.append(ConsumerWorker([video_queue(own, settings)], connection=own, name=f"idle-{os.getpid()}-{index}",
+                                      deadline=forever, hard_deadline=forever, lease_s=settings.consumer_lease_s,
+                                      stop_key=settings.keys.stop_consumers()))
+    threads = [threading.Thread(target=work_until_done, args=(worker, None)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def aggregate(redis_url: str) -> None:
@@ -232,6 +255,31 @@ def print_window(title: str, window: Window, top: int = 12) -> None:
     print("  per video: " + ", ".join(f"{name} {count / window.videos:.2f}" for name, count in ranked))
 
 
+def idle_fleet(client: redis.Redis, redis_url: str, settings: Settings, workers: int, seconds: float) -> None:
+    """Phase 4: ``workers`` idle consumers (threads in a few processes) against the same Redis."""
+    processes = max(1, min(8, workers // 125))
+    fleet = start_processes(idle_consumers, [(redis_url, first, count) for first, count in split(workers, processes)])
+    registered_key = f"rq:workers:{settings.queue_name}"
+    while client.scard(registered_key) < workers:
+        time.sleep(0.5)
+    time.sleep(5)  # past the start-up (registrations, first polls)
+    before = sample(client, 0)
+    time.sleep(seconds)
+    after = sample(client, 0)
+    client.set(settings.keys.stop_consumers(), "1")
+    join(fleet)
+    client.delete(settings.keys.stop_consumers())
+    window = between(before, after)
+    per_s = sum(window.calls.values()) / window.seconds
+    busy = window.cpu_s / window.seconds
+    print(f"\n{workers} idle consumers, {window.seconds:.0f} s: {per_s:,.0f} Redis commands/s "
+          f"({per_s / workers:.2f} per consumer), Redis CPU {busy:.1%} of one core "
+          f"({window.cpu_s * 1e6 / window.seconds / workers:.0f} us per consumer-second)")
+    ranked = sorted(window.calls.items(), key=lambda item: -item[1])[:10]
+    rates = (f"{name} {count / window.seconds / workers:.3f}" for name, count in ranked)
+    print("  per consumer-second: " + ", ".join(rates))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -245,6 +293,8 @@ def main() -> None:
     parser.add_argument("--aggregators", type=int, default=1)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--drain-videos", type=int, default=30_000)
+    parser.add_argument("--idle-workers", type=int, default=1000, help="consumers polling an empty queue (0: skip)")
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="moments-fleet-"))
@@ -285,6 +335,8 @@ def main() -> None:
         after = wait_for_recorded(client, settings, target)
         join(aggregators)
         print_window(f"drain by {args.aggregators} aggregator(s), outcomes already published", between(before, after))
+        if args.idle_workers:
+            idle_fleet(client, redis_url, settings, args.idle_workers, args.idle_seconds)
     finally:
         with contextlib.suppress(redis.RedisError):  # a plain client: ours retries a vanished server
             redis.Redis.from_url(redis_url).shutdown(nosave=True)

@@ -38,8 +38,8 @@ def settings(redis_url: str) -> Settings:
 
 def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, settings: Settings) -> None:
     enqueue_videos(redis_client, settings, {f"v/{i}.mp4": "1:1" for i in range(6)})
-    ledger.record_prediction(redis_client, Keys(), prediction("v/0.mp4", "juggling"))
-    ledger.record_failure(redis_client, Keys(), failed("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
+    ledger.record(redis_client, Keys(), prediction("v/0.mp4", "juggling"))
+    ledger.record(redis_client, Keys(), failed("v/1.mp4", "1:1", "cannot decode", "w1", MODEL))
     queue = video_queue(redis_client, settings)
     # A consumer takes a video exactly as rq does: dequeue, then an execution in the started registry.
     busy = SimpleWorker([queue], connection=redis_client, name="busy-consumer", serializer=JOB_SERIALIZER)
@@ -82,16 +82,16 @@ def test_eta() -> None:
 
 
 def test_status_of_a_synthetic_model_says_so(redis_client: redis.Redis, settings: Settings) -> None:
-    ledger.record_prediction(redis_client, Keys(), prediction("v/0.mp4", "juggling", SYNTHETIC))
+    ledger.record(redis_client, Keys(), prediction("v/0.mp4", "juggling", SYNTHETIC))
     assert "NOT real predictions" in format_status(status_document(redis_client, settings))
 
 
 def test_export_streams_one_row_per_prediction(redis_client: redis.Redis) -> None:
     videos = {f"v/{i:04d}.mp4": ("juggling" if i % 3 else "running") for i in range(1200)}
     for video, top1 in videos.items():
-        ledger.record_prediction(redis_client, Keys(), prediction(video, top1))
-    ledger.record_prediction(redis_client, Keys(), prediction("v/0000.mp4", "sketching", SYNTHETIC))
-    ledger.record_failure(redis_client, Keys(), failed("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
+        ledger.record(redis_client, Keys(), prediction(video, top1))
+    ledger.record(redis_client, Keys(), prediction("v/0000.mp4", "sketching", SYNTHETIC))
+    ledger.record(redis_client, Keys(), failed("v/bad.mp4", "2:2", "cannot decode", "w2", MODEL))
 
     rows = export_rows(redis_client, Keys(), MODEL)
     assert not isinstance(rows, list)

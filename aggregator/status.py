@@ -16,7 +16,7 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from moments_stream import ledger
-from moments_stream.queues import JOB_SERIALIZER, video_queue
+from moments_stream.queues import JOB_SERIALIZER, job_videos, video_queue
 from moments_stream.redis_conn import text
 from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
 
@@ -46,7 +46,8 @@ def _age_s(timestamp: str | None, now: float) -> float | None:
 
 
 def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[str, str]:
-    """worker name -> video it is classifying, from rq's started-job registry and executions."""
+    """worker name -> video it is classifying (a batch: how many from which), from rq's started-job
+    registry and executions."""
     started = registry.get_job_and_execution_ids(cleanup=False)
     jobs = registry.job_class.fetch_many(
         [job_id for job_id, _ in started], connection=client, serializer=JOB_SERIALIZER
@@ -58,7 +59,9 @@ def in_flight_videos(client: redis.Redis, registry: StartedJobRegistry) -> dict[
         except ValueError:
             continue
         if job is not None and job.args and execution.worker_name:
-            by_worker[execution.worker_name] = job.args[0]
+            videos = list(job_videos(job.args)[0])
+            batch = f"{len(videos)} videos from {videos[0]}"
+            by_worker[execution.worker_name] = videos[0] if len(videos) == 1 else batch
     return by_worker
 
 

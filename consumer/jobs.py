@@ -10,7 +10,8 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -23,7 +24,7 @@ from moments_stream import ledger, outcome, results
 from moments_stream.backoff import Backoff
 from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
-from moments_stream.queues import enqueue_jobs_again
+from moments_stream.queues import enqueue_jobs_again, job_videos
 from moments_stream.settings import Settings
 from moments_stream.videos import split_video_id
 
@@ -43,6 +44,9 @@ class WorkerContext:
     # Set when a job for another model arrived: this consumer's weights are out of date, so it
     # hands the job back and leaves (its workers stop after the job in hand).
     superseded_by: str | None = None
+    # This consumer's rq workers by name: a batch asks the one running it, between videos, whether
+    # to stop (time limit, ``consumer stop``) and hand the rest back.
+    workers: dict[str, Any] = field(default_factory=dict)
 
 
 _context: WorkerContext | None = None
@@ -59,7 +63,7 @@ def current_context_or_none() -> WorkerContext | None:
 
 def current_context() -> WorkerContext:
     if _context is None:
-        raise RuntimeError("classify_video runs inside a moments-stream consumer worker (consumer start)")
+        raise RuntimeError("classify_videos runs inside a moments-stream consumer worker (consumer start)")
     return _context
 
 
@@ -121,16 +125,21 @@ def download_once(context: WorkerContext, bucket: str, key: str, directory: str)
     return path
 
 
+def is_held_for_test(settings: Settings, key: str) -> bool:
+    """Tests only (``MOMENTS_TEST_BARRIER_DIR``): whether a ``hold-<name>`` file asks to hold ``key``."""
+    if settings.test_barrier_dir is None:
+        return False
+    return os.path.exists(os.path.join(settings.test_barrier_dir, f"hold-{safe_local_name(key)}"))
+
+
 def hold_for_test(settings: Settings, key: str) -> None:
-    """Tests only (``MOMENTS_TEST_BARRIER_DIR``): stop before publishing ``key``'s outcome while a
-    ``hold-<name>`` file exists there, after writing ``reached-<name>``, so that a fault test acts
-    while this video is known to be in this worker's hands."""
+    """Tests only: stop before publishing ``key``'s outcome while its ``hold-<name>`` file exists
+    (:func:`is_held_for_test`), after writing ``reached-<name>``, so that a fault test acts while
+    this video is known to be in this worker's hands (and nothing else of its batch is)."""
     if settings.test_barrier_dir is None:
         return
     name = safe_local_name(key)
     hold = os.path.join(settings.test_barrier_dir, f"hold-{name}")
-    if not os.path.exists(hold):
-        return
     with open(os.path.join(settings.test_barrier_dir, f"reached-{name}"), "w") as reached:
         reached.write(f"{os.getpid()}\n")
     log.warning("test_barrier_holding", video=key, hold=hold)
@@ -142,25 +151,90 @@ def _elapsed_ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def hand_back(context: WorkerContext, video: str, fingerprint: str, wanted_model: str) -> str:
+def hand_back(context: WorkerContext, videos: dict[str, str], wanted_model: str) -> str:
     """A job for another model than this consumer's: enqueue it again for that model and retire."""
-    enqueue_jobs_again(context.client, context.settings, {video: fingerprint}, wanted_model)
+    enqueue_jobs_again(context.client, context.settings, videos, wanted_model)
     context.superseded_by = wanted_model
-    log.warning("consumer_superseded", video=video, job_model=wanted_model, model_id=context.classifier.model_id,
+    log.warning("consumer_superseded", videos=len(videos), first=next(iter(videos)), job_model=wanted_model,
+                model_id=context.classifier.model_id,
                 fix="start consumers with the weights of the job's model; this one stops after this job")
     return "handed back"
 
 
-def classify_video(video: str, fingerprint: str, wanted_model: str | None = None) -> str:
-    """rq job: classify one stored video (``BUCKET/KEY``) and publish the outcome for the aggregator.
+def stop_requested(context: WorkerContext) -> bool:
+    """Whether the rq worker running this job should stop (its time limit, ``consumer stop``)."""
+    job = get_current_job()
+    worker = context.workers.get(job.worker_name) if job is not None and job.worker_name else None
+    return worker is not None and bool(worker.should_stop())
+
+
+@dataclass
+class OutcomeBuffer:
+    """Outcomes a batch has not yet handed to the aggregator, published in one round trip when the
+    oldest has waited ``MOMENTS_PUBLISH_LINGER_MS``, when the batch ends, and before it stops or
+    fails (an outcome lost with a crashed consumer is only classified again: the ledger counts it
+    once)."""
+
+    context: WorkerContext
+    clock: Callable[[], float] = time.monotonic
+    outcomes: list[outcome.VideoOutcome] = field(default_factory=list)
+    oldest_at: float = 0.0
+
+    def add(self, message: outcome.VideoOutcome) -> None:
+        if not self.outcomes:
+            self.oldest_at = self.clock()
+        self.outcomes.append(message)
+        if (self.clock() - self.oldest_at) * 1000 >= self.context.settings.publish_linger_ms:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.outcomes:
+            results.publish_many(self.context.client, self.context.settings.keys, self.outcomes)
+            self.outcomes = []
+
+
+def classify_videos(videos: list[list[str]], wanted_model: str | None = None) -> str:
+    """rq job: classify a batch of stored videos ([``BUCKET/KEY``, fingerprint] pairs) one by one,
+    publishing their outcomes (:class:`OutcomeBuffer`).
 
     ``wanted_model`` is the model the job is for (``producer enqueue --reclassify``), ``None`` for
-    any. Logs one ``video_processed`` event per video with its outcome and timings.
+    any. A retried batch skips the videos it already published; a consumer told to stop between
+    two videos enqueues the rest as a new job. Logs one ``video_processed`` event per video.
     """
     context = current_context()
+    batch = {video: fingerprint for video, fingerprint in videos}
+    if wanted_model is not None and wanted_model != context.classifier.model_id:
+        return hand_back(context, batch, wanted_model)
+    if len(batch) > 1:
+        batch = ledger.unfinished(context.client, context.settings.keys, batch, wanted_model)
+    todo = list(batch.items())
+    buffer = OutcomeBuffer(context)
+    try:
+        for index, (video, fingerprint) in enumerate(todo):
+            if index and stop_requested(context):
+                buffer.flush()
+                rest = dict(todo[index:])
+                enqueue_jobs_again(context.client, context.settings, rest, wanted_model)
+                log.info("batch_handed_back", videos=len(rest), first=todo[index][0], worker=context.worker_id)
+                return f"{index} of {len(todo)}, the rest handed back"
+            message = classify_one(context, video, fingerprint)
+            if is_held_for_test(context.settings, video):
+                buffer.flush()  # what the batch did before the held video is out of its hands
+                hold_for_test(context.settings, video)
+            buffer.add(message)
+    finally:
+        buffer.flush()
+    return f"{len(todo)} of {len(videos)}"
+
+
+def classify_video(video: str, fingerprint: str, wanted_model: str | None = None) -> str:
+    """rq job of releases before batches (one video): still in queues during an upgrade."""
+    return classify_videos([[video, fingerprint]], wanted_model)
+
+
+def classify_one(context: WorkerContext, video: str, fingerprint: str) -> outcome.VideoOutcome:
+    """Classify one stored video (``BUCKET/KEY``): its outcome, counted or failed, to publish."""
     model_id = context.classifier.model_id
-    if wanted_model is not None and wanted_model != model_id:
-        return hand_back(context, video, fingerprint, wanted_model)
     bucket, key = split_video_id(video)
     started = time.perf_counter()
     # A consumer may run several rq workers (decode threads); the job knows which one runs it.
@@ -174,16 +248,12 @@ def classify_video(video: str, fingerprint: str, wanted_model: str | None = None
             prediction = context.classifier.classify_file(local, name=video)
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is published as a failure right away.
-        failure = outcome.failed(video, fingerprint, error.message, worker_id, model_id)
-        results.publish(context.client, context.settings.keys, context.results, failure)
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
-        return "failed"
+        return outcome.failed(video, fingerprint, error.message, worker_id, model_id)
     counted = counted_outcome(prediction, fingerprint, worker_id, fields["download_ms"], _elapsed_ms(started))
-    hold_for_test(context.settings, video)
-    results.publish(context.client, context.settings.keys, context.results, counted)
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
              infer_ms=prediction.infer_ms, total_ms=counted.total_ms, **fields)
-    return prediction.top1
+    return counted
 
 
 def counted_outcome(
@@ -220,22 +290,34 @@ def failure_message(exc_type: type, exc_value: BaseException) -> str:
 
 
 def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
-    """rq failure callback: on the last attempt, publish the video as failed with its error.
+    """rq failure callback: on the last attempt, publish each video still unfinished as failed with
+    the error, or, when a batch has several, give each its own job (the batch's failure may be one
+    video's doing: a video that kills its consumer must not fail the others).
 
     The failure takes the same path as every other outcome (outbox, then the results queue), so an
     aggregator records it; abandoned jobs are failed by whichever consumer cleans up, which runs
     the same model (or the job names its model).
     """
-    video, fingerprint, wanted_model = job.args
+    videos, wanted_model = job_videos(job.args)
     message = failure_message(exc_type, exc_value)
+    first = next(iter(videos))
     if job.retries_left:
-        log.warning("video_attempt_failed", video=video, error=message, retries_left=job.retries_left)
+        log.warning("video_attempt_failed", video=first, videos=len(videos), error=message,
+                    retries_left=job.retries_left)
         return
-    if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
-        failure = outcome.failed(video, fingerprint, message, model_id=wanted_model)
-        ledger.stage_in_outbox(connection, Settings.from_env().keys, failure)
-    else:
-        model_id = wanted_model or _context.classifier.model_id
-        failure = outcome.failed(video, fingerprint, message, model_id=model_id)
-        results.publish(connection, _context.settings.keys, _context.results, failure)
-    log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")
+    settings = Settings.from_env() if _context is None else _context.settings
+    left = ledger.unfinished(connection, settings.keys, videos, wanted_model) if len(videos) > 1 else videos
+    if len(left) > 1:
+        enqueue_jobs_again(connection, settings, left, wanted_model, batch=1)
+        log.warning("batch_split", videos=len(left), first=next(iter(left)), error=message,
+                    meaning="each video of the failed batch is tried in its own job")
+        return
+    for video, fingerprint in left.items():
+        if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
+            failure = outcome.failed(video, fingerprint, message, model_id=wanted_model)
+            ledger.stage_in_outbox(connection, settings.keys, failure)
+        else:
+            model_id = wanted_model or _context.classifier.model_id
+            failure = outcome.failed(video, fingerprint, message, model_id=model_id)
+            results.publish(connection, settings.keys, _context.results, failure)
+        log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")

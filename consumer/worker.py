@@ -210,11 +210,10 @@ def run_consumer(
     worker_id = f"moments-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = connect_with_backoff(settings.redis_url)
     classifier = load_classifier(settings, progress=False)
-    bind_context(
-        WorkerContext(
-            classifier, client, lithops_storage(settings), open_results_queue(client, settings), settings, worker_id
-        )
+    context = WorkerContext(
+        classifier, client, lithops_storage(settings), open_results_queue(client, settings), settings, worker_id
     )
+    bind_context(context)
     decode_threads = decode_threads_for(settings, classifier.options.device)
     if decode_threads > 1:
         classifier.share_across_threads(max_videos=decode_threads)
@@ -231,6 +230,7 @@ def run_consumer(
         )
         for name in names
     ]
+    context.workers.update((worker.name, worker) for worker in workers)
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id, decode_threads=decode_threads,
              load_ms=round((time.monotonic() - started) * 1000))
     if len(workers) == 1:

@@ -153,6 +153,36 @@ def stage_in_outbox(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> V
     return outcome
 
 
+def unfinished(client: redis.Redis, keys: Keys, videos: dict[str, str], model_id: str | None) -> dict[str, str]:
+    """Those of ``videos`` (id -> fingerprint) still waiting for this version's outcome: pending
+    for it, and not published by any consumer (for ``model_id``, when the job names one). A
+    retried batch classifies only these; a batch that failed on every attempt splits them."""
+    if not videos:
+        return {}
+    names = list(videos)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.pending(), names)
+        pipe.hmget(keys.outbox(), names)
+        waiting, published = pipe.execute()
+    left = {}
+    for video, entry, outboxed in zip(names, waiting, published, strict=True):
+        if entry is None or pending_fingerprint(text(entry)) != videos[video]:
+            continue  # recorded, or a newer version was enqueued with its own job
+        if outboxed is not None and _published_for(json.loads(outboxed), videos[video], model_id):
+            continue
+        left[video] = videos[video]
+    return left
+
+
+def pending_fingerprint(entry: str) -> str:
+    """The version a pending entry waits for (JSON, or a bare fingerprint before namespaces)."""
+    return json.loads(entry)["fingerprint"] if entry.startswith("{") else entry
+
+
+def _published_for(outboxed: dict[str, Any], fingerprint: str, model_id: str | None) -> bool:
+    return outboxed.get("fingerprint") == fingerprint and model_id in (None, outboxed.get("model_id"))
+
+
 def unrecorded_outcomes(
     client: redis.Redis, keys: Keys, older_than_s: float, now: float | None = None
 ) -> Iterator[tuple[str, bytes]]:

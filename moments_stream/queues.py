@@ -9,7 +9,8 @@ Every rq object that reads jobs (queues, workers, registries, ``Job.fetch``) mus
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 from rq import Callback, Queue, Retry
@@ -87,26 +88,50 @@ def _queue_jobs(
     video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id), pipeline=pipe)
 
 
-def enqueue_jobs_again(client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None) -> None:
-    """One more job each for videos already marked seen and pending (a job handed back by a consumer
-    of another model). A job for a version replaced meanwhile is harmless: its outcome is stale."""
-    video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id))
+def enqueue_jobs_again(
+    client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None, batch: int | None = None
+) -> None:
+    """More jobs for videos already marked seen and pending (a job handed back by a consumer of
+    another model or past its time, a failed batch split into single videos). A job for a version
+    replaced meanwhile is harmless: its outcome is stale."""
+    video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id, batch))
 
 
-def _jobs(settings: Settings, videos: dict[str, str], model_id: str | None) -> list:
+def _jobs(settings: Settings, videos: dict[str, str], model_id: str | None, batch: int | None = None) -> list:
+    """One job per ``batch`` videos (``MOMENTS_JOB_BATCH`` unless given), each a list of
+    [video, fingerprint] pairs and the model it is for."""
     retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
+    pairs = [[video, fingerprint] for video, fingerprint in videos.items()]
+    size = batch or settings.job_batch
     return [
         Queue.prepare_data(
             CLASSIFY_JOB,
-            args=(video, fingerprint, model_id),
-            description=f"classify {video}" + (f" with {model_id}" if model_id else ""),
+            args=(pairs[start : start + size], model_id),
+            description=_describe(pairs[start : start + size], model_id),
+            # MOMENTS_JOB_TIMEOUT is per video: a batch gets as much for each of its videos
+            timeout=settings.job_timeout_s * len(pairs[start : start + size]),
             result_ttl=0,
             failure_ttl=FAILURE_TTL_S,
             retry=retry,
             on_failure=Callback(FAILURE_CALLBACK),
         )
-        for video, fingerprint in videos.items()
+        for start in range(0, len(pairs), size)
     ]
+
+
+def _describe(pairs: list[list[str]], model_id: str | None) -> str:
+    what = pairs[0][0] if len(pairs) == 1 else f"{len(pairs)} videos from {pairs[0][0]}"
+    return f"classify {what}" + (f" with {model_id}" if model_id else "")
+
+
+def job_videos(args: Sequence[Any]) -> tuple[dict[str, str], str | None]:
+    """The videos (id -> fingerprint) and the model of a classify job's arguments: a list of
+    [video, fingerprint] pairs and the model, or, in jobs of releases before batches, one video's
+    (video, fingerprint, model)."""
+    if args and isinstance(args[0], list):
+        return {video: fingerprint for video, fingerprint in args[0]}, (args[1] if len(args) > 1 else None)
+    video, fingerprint, *model = args
+    return {video: fingerprint}, (model[0] if model else None)
 
 
 def failures(client: redis.Redis, settings: Settings) -> list[dict]:
@@ -139,7 +164,7 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
     }
     registry = video_queue(client, settings).failed_job_registry
     for job in registry.job_class.fetch_many(registry.get_job_ids(), connection=client, serializer=JOB_SERIALIZER):
-        if job is not None and job.args and job.args[0] in fingerprints:
+        if job is not None and job.args and not fingerprints.keys().isdisjoint(job_videos(job.args)[0]):
             registry.remove(job, delete_job=True)
     client.hdel(keys.failed(), *chosen)
     enqueue_videos(client, settings, fingerprints)

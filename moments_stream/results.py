@@ -32,7 +32,6 @@ from lithops.multiprocessing.connection import _RedisConnection, get_subhandle
 from lithops.multiprocessing.util import RemoteReference
 
 from .keys import Keys
-from .ledger import stage_in_outbox
 from .outcome import InvalidOutcome, UnsupportedSchema, VideoOutcome
 from .settings import Settings
 
@@ -145,5 +144,22 @@ def open_results_queue(client: redis.Redis, settings: Settings) -> Queue:
 
 
 def publish(client: redis.Redis, keys: Keys, queue: Queue, outcome: VideoOutcome) -> None:
-    """Hand an outcome to the aggregator: first to the outbox (durable until recorded), then the queue."""
-    put(queue, stage_in_outbox(client, keys, outcome))
+    """Hand one outcome to the aggregator: :func:`publish_many` of one."""
+    publish_many(client, keys, [outcome])
+
+
+def publish_many(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome]) -> None:
+    """Hand outcomes to the aggregator: first to the outbox (durable until recorded), then the
+    queue, all in one round trip of three commands. Each queue message is what ``queue.put`` would
+    push (the pickled JSON text, the list's expiry renewed), so a reader sees one message per
+    outcome, in order."""
+    if not outcomes:
+        return
+    now = time.time()
+    texts = [outcome.published(now).encode() for outcome in outcomes]
+    outbox_fields = [field for outcome, text in zip(outcomes, texts, strict=True) for field in (outcome.video, text)]
+    with client.pipeline(transaction=False) as pipe:  # Redis runs them in order: the outbox entries first
+        pipe.hset(keys.outbox(), items=outbox_fields)
+        pipe.rpush(keys.results_list(), *(cloudpickle.dumps(text) for text in texts))
+        pipe.expire(keys.results_list(), mp_config.get_parameter(mp_config.REDIS_EXPIRY_TIME))
+        pipe.execute()

@@ -85,6 +85,14 @@ DEFAULT_GPU_DECODE_THREADS = 8
 RUNTIME_CACHE_DIR = "/opt/moments-stream/cache"
 DEFAULT_JOB_TIMEOUT_S = 600
 DEFAULT_JOB_RETRIES = 2
+# Videos per rq job. One keeps CPU consumers evenly loaded; a GPU fleet, where rq's per-job
+# bookkeeping would cost more than the classification, takes them in batches (bench/fleet.py).
+DEFAULT_JOB_BATCH = 1
+MAX_JOB_BATCH = 1000
+# A batch publishes its outcomes together (one round trip for many videos) but holds none longer
+# than this, so counts stay live when videos are slow.
+DEFAULT_PUBLISH_LINGER_MS = 1000
+MAX_PUBLISH_LINGER_MS = 60_000
 # Predictions wait on the lithops Queue for the aggregator; its keys expire this long after
 # the last put (lithops' own default is 1 h, shorter than an aggregator outage may last).
 DEFAULT_RESULTS_TTL_S = 7 * 24 * 3600
@@ -156,6 +164,8 @@ class Settings:
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S
     job_retries: int = DEFAULT_JOB_RETRIES
+    job_batch: int = DEFAULT_JOB_BATCH
+    publish_linger_ms: int = DEFAULT_PUBLISH_LINGER_MS
     results_ttl_s: int = DEFAULT_RESULTS_TTL_S
     consumer_lease_s: int = DEFAULT_CONSUMER_LEASE_S
     recover_after_s: int = DEFAULT_RECOVER_AFTER_S
@@ -192,6 +202,8 @@ class Settings:
             max_video_bytes=_int(env, "MOMENTS_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
             job_timeout_s=_int(env, "MOMENTS_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
             job_retries=_int(env, "MOMENTS_JOB_RETRIES", DEFAULT_JOB_RETRIES),
+            job_batch=_int(env, "MOMENTS_JOB_BATCH", DEFAULT_JOB_BATCH),
+            publish_linger_ms=_int(env, "MOMENTS_PUBLISH_LINGER_MS", DEFAULT_PUBLISH_LINGER_MS),
             results_ttl_s=_int(env, "MOMENTS_RESULTS_TTL", DEFAULT_RESULTS_TTL_S),
             consumer_lease_s=_int(env, "MOMENTS_CONSUMER_LEASE", DEFAULT_CONSUMER_LEASE_S),
             recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
@@ -225,6 +237,13 @@ class Settings:
                 f"namespace {self.namespace!r} is not a plain name",
                 fix="set MOMENTS_NAMESPACE to letters, digits, '.', '_' or '-' (at most 64), e.g. moments",
             )
+        if not 1 <= self.job_batch <= MAX_JOB_BATCH:
+            raise ConfigError(f"MOMENTS_JOB_BATCH={self.job_batch} is out of range",
+                              fix=f"videos per job: 1 (CPU consumers) up to {MAX_JOB_BATCH}, e.g. 64 for GPU consumers")
+        if not 0 <= self.publish_linger_ms <= MAX_PUBLISH_LINGER_MS:
+            raise ConfigError(f"MOMENTS_PUBLISH_LINGER_MS={self.publish_linger_ms} is out of range",
+                              fix=f"0 (publish each outcome at once) up to {MAX_PUBLISH_LINGER_MS}; default "
+                                  f"{DEFAULT_PUBLISH_LINGER_MS}")
         if self.consumer_lease_s < 3:
             raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self
@@ -256,7 +275,7 @@ class Settings:
 
 # The consumer's rq job interface, referenced by dotted path so the producer need not import
 # torch: enqueueing must stay light.
-CLASSIFY_JOB = "consumer.jobs.classify_video"
+CLASSIFY_JOB = "consumer.jobs.classify_videos"
 FAILURE_CALLBACK = "consumer.jobs.on_job_failure"
 # rq retries a failed attempt after these many seconds (then gives up: failed registry).
 RETRY_INTERVALS_S = (5, 30)

@@ -44,6 +44,9 @@ pytestmark = pytest.mark.e2e
 
 # Short leases and recovery delays so that faults heal within a test's time.
 FAST_HEALING = {"MOMENTS_CONSUMER_LEASE": "4", "MOMENTS_RECOVER_AFTER": "3"}
+# Every fault here hits jobs of two videos (a GPU fleet's batches, small enough that each test's
+# held videos still fall in different jobs); tests/test_multihost.py keeps one video a job.
+BATCHED = {"MOMENTS_JOB_BATCH": "2"}
 
 
 @pytest.fixture()
@@ -56,7 +59,8 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture()
 def env(server: RedisServer, tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[dict[str, str]]:
-    env = dict(pipeline_environment(server.url, checkpoint_v1, categories_v1, tmp_path / "data"), **FAST_HEALING)
+    env = dict(pipeline_environment(server.url, checkpoint_v1, categories_v1, tmp_path / "data"), **FAST_HEALING,
+               **BATCHED)
     yield env
     shutil.rmtree(os.path.join(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
 
@@ -149,7 +153,8 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     takes_videos_for = consumer_runtime_s(function_timeout, margin)  # 20 s from its process start
     barrier = tmp_path / "barrier"
     # The first video in the queue is held until its consumer's time to take videos has passed, so
-    # that consumer certainly leaves for its time limit with videos still pending, however fast it is.
+    # that consumer certainly leaves for its time limit with videos still pending, however fast it is;
+    # the other video of its job is handed back, not classified past the deadline.
     hold(barrier, "clip40.mp4")
     env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
     expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 52)))

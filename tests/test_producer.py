@@ -84,10 +84,10 @@ def test_enqueue_only_new_or_replaced(redis_client: redis.Redis, redis_url: str)
     video = f"{settings.bucket}/v/0.mp4"
     assert json.loads(redis_client.hget(Keys().pending(), video)) == {"fingerprint": "11:2", "model": None}
     job = video_queue(redis_client, settings).jobs[0]
-    assert job.func_name == "consumer.jobs.classify_video" and job.args == [video, "10:1", None]
+    assert job.func_name == "consumer.jobs.classify_videos" and job.args == [[[video, "10:1"]], None]
     # Jobs are plain JSON in Redis (rq's JSONSerializer), never a pickle that could run code on load.
     stored = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.id}", "data")))  # rq zlib-compresses it
-    assert stored == ["consumer.jobs.classify_video", None, [video, "10:1", None], {}]
+    assert stored == ["consumer.jobs.classify_videos", None, [[[video, "10:1"]], None], {}]
     elsewhere = enqueue_objects(redis_client, settings.replace(bucket="other-bucket"), objects)
     assert (elsewhere.enqueued, elsewhere.skipped) == (5, 0)
 
@@ -100,7 +100,7 @@ def test_reclassify_jobs_name_their_model(redis_client: redis.Redis, redis_url: 
     assert (again.enqueued, again.skipped) == (2, 0)
     video = f"{settings.bucket}/v/0.mp4"
     assert json.loads(redis_client.hget(Keys().pending(), video)) == {"fingerprint": "10:1", "model": "v1-new"}
-    assert video_queue(redis_client, settings).jobs[-1].args == [f"{settings.bucket}/v/1.mp4", "10:1", "v1-new"]
+    assert video_queue(redis_client, settings).jobs[-1].args == [[[f"{settings.bucket}/v/1.mp4", "10:1"]], "v1-new"]
 
 
 def test_large_listings_are_written_by_worker_processes_exactly_once(redis_client: redis.Redis, redis_url: str) -> None:
@@ -110,7 +110,7 @@ def test_large_listings_are_written_by_worker_processes_exactly_once(redis_clien
     assert (report.enqueued, report.skipped) == (3500, 0)
     queue = video_queue(redis_client, settings)
     assert len(queue) == 3500
-    assert sorted(job.args[0] for job in queue.jobs) == [f"{settings.bucket}/{item.key}" for item in objects]
+    assert sorted(job.args[0][0][0] for job in queue.jobs) == [f"{settings.bucket}/{item.key}" for item in objects]
     assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 3500
     again = enqueue_objects(redis_client, settings, objects, processes=2)
     assert (again.enqueued, again.skipped) == (0, 3500) and len(queue) == 3500

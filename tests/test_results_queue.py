@@ -12,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import cloudpickle
+import pytest
 import redis
 from lithops.multiprocessing import Queue
 from lithops.multiprocessing.connection import REDIS_LIST_CONN, _RedisConnection, get_handle_pair
@@ -71,6 +72,41 @@ def test_put_sets_the_configured_expiry(redis_client: redis.Redis) -> None:
     queue = results.bind_results_queue(redis_client, KEYS, expiry_s=7 * 24 * 3600)
     results.put(queue, counted("a.mp4"))
     assert 6 * 24 * 3600 < redis_client.ttl(KEYS.results_list()) <= 7 * 24 * 3600
+
+
+def test_publish_leaves_the_outbox_entry_and_a_message_lithops_reads(redis_client: redis.Redis) -> None:
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=7 * 24 * 3600)
+    results.publish(redis_client, KEYS, queue, counted("a.mp4"))
+    received = outcome.VideoOutcome.decode(queue.get(timeout=5))  # Lithops' own Queue.get
+    assert received.video == "a.mp4" and received.published_at is not None
+    assert outcome.VideoOutcome.decode(redis_client.hget(KEYS.outbox(), "a.mp4")) == received
+    results.publish(redis_client, KEYS, queue, counted("b.mp4"))
+    assert 6 * 24 * 3600 < redis_client.ttl(KEYS.results_list()) <= 7 * 24 * 3600
+
+
+def test_publish_many_is_one_round_trip_and_one_message_each_in_order(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
+    videos = [f"v{index}.mp4" for index in range(5)]
+    round_trips: list[list[str]] = []
+    execute = redis.client.Pipeline.execute
+
+    def recorded(pipe: redis.client.Pipeline, raise_on_error: bool = True) -> list:
+        round_trips.append([str(args[0]) for args, _ in pipe.command_stack])
+        return execute(pipe, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", recorded)
+    results.publish_many(redis_client, KEYS, [counted(video) for video in videos])
+    monkeypatch.undo()
+    assert round_trips == [["HSET", "RPUSH", "EXPIRE"]]
+    received = [outcome.VideoOutcome.decode(queue.get(timeout=5)) for _ in videos]
+    assert [message.video for message in received] == videos
+    assert {video: outcome.VideoOutcome.decode(redis_client.hget(KEYS.outbox(), video)) for video in videos} == {
+        message.video: message for message in received
+    }
+    results.publish_many(redis_client, KEYS, [])
+    assert redis_client.llen(KEYS.results_list()) == 0
 
 
 def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redis_client: redis.Redis) -> None:

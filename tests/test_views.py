@@ -68,7 +68,7 @@ def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, sett
     assert document["model"] == MODEL and document["counted_by_model"] == {MODEL: 1}
     assert document["workers_alive"] == 1
     (worker,) = document["workers"]
-    assert worker["name"] == "busy-consumer" and worker["video"] == job.args[0]
+    assert worker["name"] == "busy-consumer" and worker["video"] == job.args[0][0][0]
     assert worker["heartbeat_age_s"] is not None and worker["heartbeat_age_s"] < 30
     assert document["eta_s"] == pytest.approx(4 / (2 / 60), abs=0.1)
     text = format_status(document)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
 import multiprocessing
 import os
 import shutil
@@ -46,7 +44,6 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 
 from aggregator.drain import drain  # noqa: E402
-from consumer.classify import Prediction  # noqa: E402
 from consumer.jobs import WorkerContext, bind_context  # noqa: E402
 from consumer.worker import ConsumerWorker, work_until_done  # noqa: E402
 from moments_stream import outcome, results  # noqa: E402
@@ -56,36 +53,17 @@ from moments_stream.queues import enqueue_videos, video_queue  # noqa: E402
 from moments_stream.redis_conn import connect  # noqa: E402
 from moments_stream.results import open_results_queue  # noqa: E402
 from moments_stream.settings import Settings  # noqa: E402
+from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier  # noqa: E402
 
 BUCKET = "fleet"
-CATEGORIES = [f"category-{index:03d}" for index in range(339)]
-MODEL_ID = "fleet-bench-instant"
 # The producer enqueues in batches of this many keys (producer.enqueue's batch size).
 ENQUEUE_BATCH = 1000
 IDLE_EXIT_S = 3
 
 
-class InstantClassifier:
-    """The model replaced: a deterministic top-5 from the video's name, at no cost."""
-
-    model_id = MODEL_ID
-
-    def classify_file(self, path: str, name: str | None = None) -> Prediction:
-        digest = hashlib.blake2b((name or path).encode(), digest_size=4).digest()
-        first = int.from_bytes(digest, "big") % len(CATEGORIES)
-        top5 = [(CATEGORIES[(first + rank) % len(CATEGORIES)], 0.5 / (rank + 1)) for rank in range(5)]
-        return Prediction(name or path, top5, MODEL_ID, 16, 0.0, 0.0, synthetic_weights=True)
-
-
-class InMemoryStorage:
-    """The object store replaced: every key is a tiny object."""
-
-    def get_object(self, bucket: str, key: str, stream: bool = False) -> io.BytesIO:
-        return io.BytesIO(b"\x00" * 64)
-
-
-def settings_for(redis_url: str) -> Settings:
-    return Settings.from_env({"MOMENTS_REDIS_URL": redis_url, "MOMENTS_BUCKET": BUCKET})
+def settings_for(redis_url: str, job_batch: int = 1) -> Settings:
+    return Settings.from_env({"MOMENTS_REDIS_URL": redis_url, "MOMENTS_BUCKET": BUCKET,
+                              "MOMENTS_JOB_BATCH": str(job_batch)})
 
 
 def video_ids(first: int, count: int) -> dict[str, str]:
@@ -98,9 +76,9 @@ def logs_as_in_production() -> None:
     configure_logging(json_logs=True)
 
 
-def produce(redis_url: str, first: int, count: int) -> None:
+def produce(redis_url: str, first: int, count: int, job_batch: int) -> None:
     logs_as_in_production()
-    settings = settings_for(redis_url)
+    settings = settings_for(redis_url, job_batch)
     client = connect(redis_url)
     videos = video_ids(first, count)
     names = list(videos)
@@ -114,12 +92,14 @@ def consume(redis_url: str, index: int) -> None:
     settings = settings_for(redis_url)
     client = connect(redis_url)
     name = f"fleet-{socket.gethostname()}-{os.getpid()}-{index}"
-    bind_context(WorkerContext(InstantClassifier(), client, InMemoryStorage(),
-                               open_results_queue(client, settings), settings, name))
+    context = WorkerContext(InstantClassifier(), client, InMemoryStorage(), open_results_queue(client, settings),
+                            settings, name)
+    bind_context(context)
     forever = time.monotonic() + 24 * 3600
     worker = ConsumerWorker([video_queue(client, settings)], connection=client, name=name, deadline=forever,
                             hard_deadline=forever, lease_s=settings.consumer_lease_s,
                             stop_key=settings.keys.stop_consumers())
+    context.workers[name] = worker  # as run_consumer does: a batch asks it whether to stop between videos
     work_until_done(worker, IDLE_EXIT_S)
 
 
@@ -167,24 +147,12 @@ def publish_outcomes(redis_url: str, first: int, count: int) -> None:
 
 
 @dataclass(frozen=True)
-class Sample:
-    at: float
-    recorded: int
-    calls: dict[str, int]
-    cpu_s: float
-
-
-def sample(client: redis.Redis, recorded: int) -> Sample:
-    stats = client.info("commandstats")
-    cpu = client.info("cpu")
-    calls = {name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()}
-    return Sample(time.monotonic(), recorded, calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
-
-
-@dataclass(frozen=True)
 class Window:
-    videos: int
+    """Counters read at one moment (``sample``: the clock, videos recorded so far), or what they
+    grew by between two of those (``between``)."""
+
     seconds: float
+    videos: int
     calls: dict[str, int]
     cpu_s: float
 
@@ -201,11 +169,18 @@ class Window:
         return self.videos / self.seconds
 
 
-def between(before: Sample, after: Sample) -> Window:
+def sample(client: redis.Redis, recorded: int) -> Window:
+    stats = client.info("commandstats")
+    cpu = client.info("cpu")
+    calls = {name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()}
+    return Window(time.monotonic(), recorded, calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+
+
+def between(before: Window, after: Window) -> Window:
     calls = {name: count - before.calls.get(name, 0) for name, count in after.calls.items()}
     # the sampling itself (INFO) is the bench's, not the pipeline's
     calls.pop("info", None)
-    return Window(after.recorded - before.recorded, after.at - before.at,
+    return Window(after.seconds - before.seconds, after.videos - before.videos,
                   {name: count for name, count in calls.items() if count}, after.cpu_s - before.cpu_s)
 
 
@@ -238,7 +213,7 @@ def split(total: int, parts: int) -> list[tuple[int, int]]:
     return slices
 
 
-def wait_for_recorded(client: redis.Redis, settings: Settings, target: int, poll_s: float = 0.05) -> Sample:
+def wait_for_recorded(client: redis.Redis, settings: Settings, target: int, poll_s: float = 0.05) -> Window:
     while True:
         recorded = recorded_count(client, settings)
         if recorded >= target:
@@ -286,6 +261,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def classify_round(client: redis.Redis, redis_url: str, args: argparse.Namespace, first: int, job_batch: int) -> None:
+    """Phases 1 and 2 for ``args.videos`` new videos, ``job_batch`` of them per rq job."""
+    settings = settings_for(redis_url, job_batch)
+    base = recorded_count(client, settings)
+    print(f"\n=== {job_batch} video(s) per job")
+    client.config_resetstat()
+    before = sample(client, base)
+    memory_before = int(client.info("memory")["used_memory"])
+    slices = split(args.videos, args.producers)
+    join(start_processes(produce, [(redis_url, first + offset, count, job_batch) for offset, count in slices]))
+    after = sample(client, base + args.videos)
+    print_window("produce", between(before, after))
+    memory_per_video = (int(client.info("memory")["used_memory"]) - memory_before) / args.videos
+    print(f"  Redis memory per enqueued video (rq job, seen, pending): {memory_per_video:,.0f} B")
+
+    client.config_resetstat()
+    aggregators = start_processes(aggregate, [(redis_url,)] * args.aggregators)
+    consumers = start_processes(consume, [(redis_url, index) for index in range(args.consumers)])
+    started = sample(client, base)
+    low = wait_for_recorded(client, settings, base + int(args.videos * 0.2))
+    high = wait_for_recorded(client, settings, base + int(args.videos * 0.8))
+    done = wait_for_recorded(client, settings, base + args.videos)
+    join(consumers + aggregators)
+    print_window("classify, steady state (20 % to 80 % recorded)", between(low, high))
+    print_window("classify, whole round (start-up and idle exit included)", between(started, done))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=20_000)
@@ -293,6 +295,8 @@ def main() -> None:
     parser.add_argument("--aggregators", type=int, default=1)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--drain-videos", type=int, default=30_000)
+    parser.add_argument("--job-batches", type=lambda text: [int(size) for size in text.split(",")], default=[1, 64],
+                        help="videos per rq job (MOMENTS_JOB_BATCH), one round each: 1,64")
     parser.add_argument("--idle-workers", type=int, default=1000, help="consumers polling an empty queue (0: skip)")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args()
@@ -305,28 +309,17 @@ def main() -> None:
     settings = settings_for(redis_url)
     print(f"redis-server {client.info('server')['redis_version']} (AOF on), {os.cpu_count()} CPUs; "
           f"{args.videos} videos, {args.producers} producers, {args.consumers} consumers, "
-          f"{args.aggregators} aggregators")
+          f"{args.aggregators} aggregators, videos per job {args.job_batches}")
     try:
-        client.config_resetstat()
-        before = sample(client, 0)
-        slices = split(args.videos, args.producers)
-        join(start_processes(produce, [(redis_url, first, count) for first, count in slices]))
-        after = sample(client, args.videos)
-        print_window("produce", between(before, after))
+        first = 0
+        for job_batch in args.job_batches:
+            classify_round(client, redis_url, args, first, job_batch)
+            first += args.videos
 
-        client.config_resetstat()
-        aggregators = start_processes(aggregate, [(redis_url,)] * args.aggregators)
-        consumers = start_processes(consume, [(redis_url, index) for index in range(args.consumers)])
-        started = sample(client, 0)
-        low = wait_for_recorded(client, settings, int(args.videos * 0.2))
-        high = wait_for_recorded(client, settings, int(args.videos * 0.8))
-        done = wait_for_recorded(client, settings, args.videos)
-        join(consumers + aggregators)
-        print_window("classify, steady state (20 % to 80 % recorded)", between(low, high))
-        print_window("classify, whole round (start-up and idle exit included)", between(started, done))
-
-        first = args.videos
         enqueue_videos(client, settings, video_ids(first, args.drain_videos))
+        # pending as after a producer, with no jobs left behind: the consumers' part is replayed by
+        # publish_outcomes, and the idle fleet must find an empty queue
+        video_queue(client, settings).empty()
         join(start_processes(publish_outcomes, [(redis_url, first + offset, count)
                                                 for offset, count in split(args.drain_videos, args.producers)]))
         target = recorded_count(client, settings) + args.drain_videos

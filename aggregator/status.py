@@ -153,8 +153,10 @@ def format_status(document: dict[str, Any]) -> str:
         f"model        {model_label(document['model'])}",
         f"counted      {document['counted']}",
         f"failed       {document['failed']}",
-        f"pending      {document['pending']}  (queued {document['queued']}, in flight {document['in_flight']}, "
-        f"retry scheduled {document['retry_scheduled']}, awaiting aggregator {document['awaiting_aggregator']})",
+        # rq's figures are jobs, which hold MOMENTS_JOB_BATCH videos each
+        f"pending      {document['pending']}  (rq jobs: queued {document['queued']}, in flight "
+        f"{document['in_flight']}, retry scheduled {document['retry_scheduled']}; "
+        f"awaiting aggregator {document['awaiting_aggregator']})",
         f"throughput   {document['finished_last_minute']} videos in the last {THROUGHPUT_WINDOW_S} s "
         f"({document['throughput_per_s']:.2f}/s)",
         f"ETA          {_duration(document['eta_s'])}",

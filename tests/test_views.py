@@ -72,7 +72,8 @@ def test_status_figures_equal_the_redis_commands(redis_client: redis.Redis, sett
     assert worker["heartbeat_age_s"] is not None and worker["heartbeat_age_s"] < 30
     assert document["eta_s"] == pytest.approx(4 / (2 / 60), abs=0.1)
     text = format_status(document)
-    assert "pending      4  (queued 5, in flight 1" in text and "busy-consumer" in text and "dead-consumer" not in text
+    assert "pending      4  (rq jobs: queued 5, in flight 1" in text
+    assert "busy-consumer" in text and "dead-consumer" not in text
 
 
 def test_eta() -> None:

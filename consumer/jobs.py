@@ -247,7 +247,7 @@ def classify_one(context: WorkerContext, video: str, fingerprint: str) -> outcom
             fields["download_ms"] = _elapsed_ms(started)
             prediction = context.classifier.classify_file(local, name=video)
     except VideoDecodeError as error:
-        # Deterministic: retrying cannot help, so it is published as a failure right away.
+        # Deterministic: retrying cannot help, so it is a failed outcome now, not a failed attempt.
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
         return outcome.failed(video, fingerprint, error.message, worker_id, model_id)
     counted = counted_outcome(prediction, fingerprint, worker_id, fields["download_ms"], _elapsed_ms(started))

@@ -103,19 +103,20 @@ def _jobs(settings: Settings, videos: dict[str, str], model_id: str | None, batc
     retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
     pairs = [[video, fingerprint] for video, fingerprint in videos.items()]
     size = batch or settings.job_batch
+    chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
     return [
         Queue.prepare_data(
             CLASSIFY_JOB,
-            args=(pairs[start : start + size], model_id),
-            description=_describe(pairs[start : start + size], model_id),
+            args=(chunk, model_id),
+            description=_describe(chunk, model_id),
             # MOMENTS_JOB_TIMEOUT is per video: a batch gets as much for each of its videos
-            timeout=settings.job_timeout_s * len(pairs[start : start + size]),
+            timeout=settings.job_timeout_s * len(chunk),
             result_ttl=0,
             failure_ttl=FAILURE_TTL_S,
             retry=retry,
             on_failure=Callback(FAILURE_CALLBACK),
         )
-        for start in range(0, len(pairs), size)
+        for chunk in chunks
     ]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run, start
+from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run, start, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -97,8 +97,6 @@ def test_unreachable_redis_fails_fast_with_the_url(pipeline_env: dict[str, str],
 def test_namespaces_share_one_redis_without_touching_each_other(pipeline_env: dict[str, str], tmp_path: Path) -> None:
     """Two pipelines on one Redis: each enqueues the same prefix for itself, and `consumer stop` in
     one namespace stops its own consumers only."""
-    from tests.pipeline import wait_until
-
     client = redis.Redis.from_url(pipeline_env["MOMENTS_REDIS_URL"])
     make_clips(tmp_path / "clips", range(2))
     assert run(pipeline_env, "producer", "upload", str(tmp_path / "clips"), "videos/").returncode == 0
@@ -138,11 +136,22 @@ def test_consumer_with_several_decode_threads_batches_videos_exactly(
     folder = tmp_path / "threads"
     clips = make_clips(folder, range(80, 89))
     expected = direct_top1(pipeline_env, clips)
-    env = dict(pipeline_env, MOMENTS_DECODE_THREADS="3")
-    done = run(env, "moments-stream", "run", str(folder), "--workers", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert counts(env) == collections.Counter(expected.values())
+    # The thread that takes the first clip holds it (the consumer's test barrier) until every other
+    # clip is counted, so the others are certainly classified by the other decode threads.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    held = barrier / f"hold-{clips[0].name}"
+    held.touch()
+    env = dict(pipeline_env, MOMENTS_DECODE_THREADS="3", MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    running = start(env, "moments-stream", "run", str(folder), "--workers", "1")
     client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
+    wait_until(lambda: client.hlen(f"moments:predictions:{current_model(client)}") == len(clips) - 1
+               or running.poll() is not None, 300, "every clip but the held one counted")
+    held.unlink()
+    assert running.wait(timeout=300) == 0, running.output()[1][-3000:]
+    assert counts(env) == collections.Counter(expected.values())
     records = [json.loads(raw) for raw in client.hvals(f"moments:predictions:{current_model(client)}")]
     assert {Path(record["video"]).name: record["top5"][0][0] for record in records} == expected
-    assert len({record["worker"] for record in records}) > 1, "the videos were shared by the decode threads"
+    holder = {record["worker"] for record in records if Path(record["video"]).name == clips[0].name}
+    others = {record["worker"] for record in records} - holder
+    assert len(holder) == 1 and others, "the videos were shared by the decode threads"

@@ -107,6 +107,17 @@ def test_the_default_engine_on_a_cpu_is_the_measured_one(classifier: Classifier)
     assert classifier.engine.name == engines.DEFAULT_CPU_ENGINE == "openvino"
 
 
+def test_openvino_leaves_the_consumers_threads_unpinned() -> None:
+    """Consumers started one per CPU must not all be pinned to the first core: the compiled model
+    itself says pinning is off and the thread count is the consumer's."""
+    import openvino as ov
+
+    tiny = ov.convert_model(torch.nn.Linear(4, 2).eval(), example_input=torch.zeros(1, 4))
+    compiled = ov.Core().compile_model(tiny, "CPU", engines.openvino_config("fp32", 1))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def test_auto_picks_torch_where_only_torch_runs_the_request() -> None:
     assert engines.resolve_engine("auto", CPU_FP32) == "openvino"
     assert engines.resolve_engine("auto", InferenceOptions(device="cuda")) == "torch"

@@ -11,12 +11,13 @@ from lithops.wait import ANY_COMPLETED
 
 from moments_stream import ledger
 from moments_stream.errors import ConfigError
-from moments_stream.lithops_env import backend_time_limit_s, lithops_config
+from moments_stream.lithops_env import backend_time_limit_s, lithops_config, localhost_runs_in_container
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import connect
 from moments_stream.resources import available_cpus, threads_per_worker
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
+from .assets import is_url
 from .classify import resolve_model_files
 from .worker import EXIT_SLACK_S, run_consumer
 
@@ -27,6 +28,21 @@ def with_local_assets(settings: Settings) -> Settings:
     """Download weights and categories once here instead of once per function (localhost)."""
     weights, categories = resolve_model_files(settings)
     return dataclasses.replace(settings, weights=str(weights), categories=str(categories))
+
+
+def check_model_reaches_containers(settings: Settings, image: str) -> None:
+    """Functions in a container see the image's files, not this machine's: a local weights or
+    categories path named here would not be there."""
+    local = {name: value for name, value in (("MOMENTS_WEIGHTS", settings.weights),
+                                             ("MOMENTS_CATEGORIES", settings.categories))
+             if value and not is_url(value)}
+    if local:
+        named = ", ".join(f"{name}={value}" for name, value in local.items())
+        raise ConfigError(
+            f"consumers run in the container image {image}, which cannot read {named} on this machine",
+            fix=f"unset {' and '.join(local)} to use the model baked into {image} (runtime/build.sh), "
+            "or give http(s) URLs",
+        )
 
 
 def request_stop(settings: Settings) -> int:
@@ -120,12 +136,15 @@ def run_consumers(
     function_timeout_s = checked_function_timeout_s(function_time_limit_s(config, function_timeout_s))
     config["lithops"]["execution_timeout"] = function_timeout_s
     if config["lithops"]["backend"] == "localhost":
-        settings = with_local_assets(settings)
+        if localhost_runs_in_container(config):
+            check_model_reaches_containers(settings, config["localhost"]["runtime"])
+        else:
+            settings = with_local_assets(settings)
         settings = with_threads_for(settings, workers, available_cpus())
     max_runtime_s = consumer_runtime_s(function_timeout_s, settings.stop_margin_s)
     executor = lithops.FunctionExecutor(config=config)
-    call = {"settings": settings, "max_runtime_s": max_runtime_s, "function_timeout_s": function_timeout_s,
-            "idle_exit_s": idle_exit_s}
+    call = {"settings": settings.for_functions(), "max_runtime_s": max_runtime_s,
+            "function_timeout_s": function_timeout_s, "idle_exit_s": idle_exit_s}
 
     def launch(count: int) -> list[Any]:
         return [executor.call_async(run_consumer, call) for _ in range(count)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import lithops
 import lithops.config
+from lithops.localhost.config import LocalhostEnvironment, get_environment
 from redis.connection import SSLConnection, parse_url
 
 from .settings import Settings
@@ -34,12 +35,21 @@ def lithops_config(settings: Settings, workers: int | None = None, execution_tim
         section["execution_timeout"] = execution_timeout
     if section["backend"] == "localhost":
         localhost = config.setdefault("localhost", {})
-        if not str(localhost.get("runtime", "")).startswith("/"):
+        if not localhost_runs_in_container(config):
+            # Lithops' default runtime is an interpreter's name, which PATH may resolve to another
+            # Python than this one (without the project installed).
             localhost["runtime"] = sys.executable
         if workers is not None:
             localhost["worker_processes"] = max(workers, int(localhost.get("worker_processes", 1)))
     config["redis"] = lithops_redis_section(settings.redis_url)
     return config
+
+
+def localhost_runs_in_container(config: dict) -> bool:
+    """Whether the localhost backend runs functions in a container image (``localhost.runtime``
+    names an image, e.g. the CPU runtime image) rather than an interpreter on this machine."""
+    runtime = str(config.get("localhost", {}).get("runtime") or "")
+    return bool(runtime) and get_environment(runtime) == LocalhostEnvironment.CONTAINER
 
 
 def backend_time_limit_s(config: dict) -> int | None:

@@ -157,6 +157,9 @@ class Settings:
     decode_threads: int | None = None
     device: str = "auto"
     redis_url: str = DEFAULT_REDIS_URL
+    # Where the consumer functions reach Redis, when not at redis_url (the launcher's address):
+    # e.g. a private address in the cloud, or the Docker bridge's gateway for localhost containers.
+    function_redis_url: str | None = None
     embedded_redis: bool = True
     bucket: str = DEFAULT_BUCKET
     namespace: str = DEFAULT_NAMESPACE
@@ -195,6 +198,7 @@ class Settings:
             decode_threads=_int(env, "MOMENTS_DECODE_THREADS", 0) or None,
             device=env.get("MOMENTS_DEVICE", "auto"),
             redis_url=env.get("MOMENTS_REDIS_URL", DEFAULT_REDIS_URL),
+            function_redis_url=env.get("MOMENTS_FUNCTION_REDIS_URL") or None,
             embedded_redis=env.get("MOMENTS_EMBEDDED_REDIS", "1") not in ("0", "false", "no"),
             bucket=env.get("MOMENTS_BUCKET", DEFAULT_BUCKET),
             namespace=env.get("MOMENTS_NAMESPACE") or DEFAULT_NAMESPACE,
@@ -257,6 +261,10 @@ class Settings:
     def queue_name(self) -> str:
         """The rq queue of videos: ``MOMENTS_QUEUE``, else ``<namespace>-videos``."""
         return self.queue or f"{self.namespace}{QUEUE_NAME_SUFFIX}"
+
+    def for_functions(self) -> Settings:
+        """These settings as the consumer functions get them: Redis at the address they reach."""
+        return dataclasses.replace(self, redis_url=self.function_redis_url or self.redis_url, function_redis_url=None)
 
     @property
     def release(self) -> ModelRelease:

@@ -170,14 +170,16 @@ def run_cli(env: dict[str, str], *command: str) -> str:
     return done.stdout
 
 
-def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], workers: int) -> dict:
+def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], workers: int,
+               consumer_env: dict[str, str] | None = None) -> dict:
     """Throughput from enqueue to all counted on warm consumers, then idle-system latency of the
-    videos already uploaded under ``latency_prefixes`` (one each)."""
+    videos already uploaded under ``latency_prefixes`` (one each). ``consumer_env``: the launcher's
+    environment where it differs from the other stages' (bench/containers.py)."""
     client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
     run_cli(env, "producer", "upload", str(folder), "bench/")
     aggregator = subprocess.Popen([str(BIN / "aggregator"), "run"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-    consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=env,
+    consumers = subprocess.Popen([str(BIN / "consumer"), "start", "--workers", str(workers)], env=consumer_env or env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
 

@@ -18,6 +18,7 @@ from moments_stream.resources import available_cpus, threads_per_worker
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
 from .assets import is_url
+from .baked import baked_dir, read_baked, why_not_used
 from .classify import resolve_model_files
 from .worker import EXIT_SLACK_S, run_consumer
 
@@ -25,7 +26,11 @@ log = get_logger(__name__)
 
 
 def with_local_assets(settings: Settings) -> Settings:
-    """Download weights and categories once here instead of once per function (localhost)."""
+    """Download weights and categories once here instead of once per function (localhost), unless
+    the functions will load the model baked on this machine (a runtime image's)."""
+    baked = read_baked(baked_dir(settings.cache_dir))
+    if baked is not None and why_not_used(baked, settings) is None:
+        return settings
     weights, categories = resolve_model_files(settings)
     return dataclasses.replace(settings, weights=str(weights), categories=str(categories))
 

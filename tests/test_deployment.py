@@ -13,7 +13,6 @@ import lithops
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from consumer.cli import build_parser as build_consumer_parser
 from moments_stream.settings import RUNTIME_CACHE_DIR, cache_dir_from
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +22,9 @@ RUNTIME_DOCKERFILES = {
     "code_engine": REPO / "runtime" / "code_engine" / "Dockerfile",
     "aws_lambda": REPO / "runtime" / "aws_lambda" / "Dockerfile",
 }
-ALL_DOCKERFILES = [DOCKERFILE, *RUNTIME_DOCKERFILES.values()]
+GPU_DOCKERFILE = REPO / "runtime" / "gpu" / "Dockerfile"
+BASE_DOCKERFILES = [DOCKERFILE, GPU_DOCKERFILE]
+ALL_DOCKERFILES = [*BASE_DOCKERFILES, *RUNTIME_DOCKERFILES.values()]
 # Where the installed Lithops names the handler zip that `lithops runtime build` puts in the context.
 HANDLER_ZIP_SOURCES = {
     "k8s": ("serverless/backends/k8s/config.py", r"FH_ZIP_LOCATION = .*'(lithops_\w+\.zip)'"),
@@ -72,22 +73,30 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_base_image_bakes_the_weights_where_functions_look() -> None:
-    parser = DockerfileParser(path=str(DOCKERFILE))
-    assert parser.envs["MOMENTS_CACHE_DIR"] == RUNTIME_CACHE_DIR
+@pytest.mark.parametrize("dockerfile", BASE_DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_base_images_bake_the_model_where_functions_look(dockerfile: Path) -> None:
+    """The built images themselves are run in tests/test_containers.py; this checks what a build
+    without Docker can: the cache location, the bake, the torch pin, the files copied."""
+    text = dockerfile.read_text()
+    cache_dir = re.search(r"MOMENTS_CACHE_DIR=(\S+)", text)
+    assert cache_dir is not None and cache_dir.group(1) == RUNTIME_CACHE_DIR
     # The consumer function reads the cache directory from its own environment (the image's).
-    assert cache_dir_from({"MOMENTS_CACHE_DIR": parser.envs["MOMENTS_CACHE_DIR"]}) == Path(RUNTIME_CACHE_DIR)
-    runs = instructions(DOCKERFILE, "RUN")
-    assert any("consumer fetch-model" in run for run in runs)
-    assert "fetch-model" in build_consumer_parser()._subparsers._group_actions[0].choices
-    assert instructions(DOCKERFILE, "WORKDIR")[-2] == "${MOMENTS_CACHE_DIR}"
-    assert any(run.startswith("sha256sum -c SHA256SUMS") for run in runs)
+    assert cache_dir_from({"MOMENTS_CACHE_DIR": cache_dir.group(1)}) == Path(RUNTIME_CACHE_DIR)
+    runs = instructions(dockerfile, "RUN")
+    assert any("consumer fetch-model --bake" in run for run in runs)
+    from consumer.cli import build_parser as build_consumer_parser
+
+    assert build_consumer_parser().parse_args(["fetch-model", "--bake", "--without-weights"]).without_weights
     installer = (REPO / "scripts" / "install.sh").read_text()
     torch_pin = re.search(r'TORCH_SPEC:-"([^"]+)"', installer).group(1)
-    assert any(torch_pin in run for run in runs), "the image and scripts/install.sh pin different torch"
-    for copy in instructions(DOCKERFILE, "COPY"):
+    assert f'TORCH_SPEC="{torch_pin}' in text, f"{dockerfile} and scripts/install.sh pin different torch"
+    assert any(copy.startswith("--from=bake /bake/baked ${MOMENTS_CACHE_DIR}/baked")
+               for copy in instructions(dockerfile, "COPY"))
+    for copy in instructions(dockerfile, "COPY"):
+        if copy.startswith("--from="):
+            continue
         for source in copy.split()[:-1]:
-            assert (REPO / source).exists(), f"runtime/Dockerfile copies missing {source}"
+            assert (REPO / source).exists(), f"{dockerfile} copies missing {source}"
 
 
 @pytest.mark.parametrize("backend", sorted(RUNTIME_DOCKERFILES))
@@ -100,10 +109,14 @@ def test_backend_runtime_builds_on_the_base_with_lithops_handler(backend: str) -
     source, pattern = HANDLER_ZIP_SOURCES[backend]
     zip_name = re.search(pattern, lithops_source(source))
     assert zip_name is not None
-    assert any(copy.split()[0] == zip_name.group(1) for copy in instructions(dockerfile, "COPY"))
+    sources = [next(word for word in copy.split() if not word.startswith("--"))
+               for copy in instructions(dockerfile, "COPY")]
+    assert zip_name.group(1) in sources
     assert "!" not in (REPO / ".dockerignore").read_text()
     build_script = (REPO / "runtime" / "build.sh").read_text()
-    assert re.search(rf"^\s*{backend}\)\s+dockerfile={dockerfile.relative_to(REPO)};", build_script, flags=re.M)
+    # build.sh --build-only makes the same zip under the same name (Lithops' create_handler_zip).
+    assert re.search(rf"^\s*{backend}\)\s+dockerfile={dockerfile.relative_to(REPO)};\s+handler={zip_name.group(1)};",
+                     build_script, flags=re.M)
 
 
 def test_build_script_is_valid_bash_and_refuses_unknown_backends() -> None:
@@ -128,5 +141,6 @@ def test_the_runtime_image_copies_every_package_the_project_installs() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
-    copied = {copy.split()[0] for copy in instructions(DOCKERFILE, "COPY")}
-    assert packages <= copied, f"runtime/Dockerfile does not copy {sorted(packages - copied)}"
+    for dockerfile in BASE_DOCKERFILES:
+        copied = {copy.split()[0] for copy in instructions(dockerfile, "COPY")}
+        assert packages <= copied, f"{dockerfile} does not copy {sorted(packages - copied)}"

@@ -36,6 +36,7 @@ from lithops.constants import LITHOPS_TEMP_DIR  # noqa: E402
 from bench.run import end_to_end, make_clips  # noqa: E402
 from consumer.model import make_synthetic_checkpoint  # noqa: E402
 from moments_stream.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
+from tests.docker_engine import docker_gateway  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -108,11 +109,6 @@ def cold_starts(image: str, clip: Path, weights: Path, repeats: int) -> dict[str
     return figures
 
 
-def gateway() -> str:
-    return sh("docker", "network", "inspect", "bridge", "--format",
-              "{{range .IPAM.Config}}{{.Gateway}}{{end}}").stdout.strip()
-
-
 def pipelines(cpu_image: str, weights: Path, work: Path, videos: int, rounds: int) -> dict[str, list[float]]:
     """Videos/s from enqueue to counted, consumers on the host and in the CPU image, alternated."""
     cpus = available_cpus()
@@ -121,7 +117,8 @@ def pipelines(cpu_image: str, weights: Path, work: Path, videos: int, rounds: in
     make_clips(clips, videos)
     config = work / "lithops-containers.yaml"
     config.write_text(f"lithops:\n  backend: localhost\n  storage: localhost\nlocalhost:\n  runtime: {cpu_image}\n")
-    server = RedisServer(work / "redis", password=uuid.uuid4().hex, extra_args=["--bind", "127.0.0.1", gateway()])
+    server = RedisServer(work / "redis", password=uuid.uuid4().hex,
+                         extra_args=["--bind", "127.0.0.1", docker_gateway()])
     server.start()
     figures: dict[str, list[float]] = {"host": [], "containers": []}
     try:
@@ -135,7 +132,7 @@ def pipelines(cpu_image: str, weights: Path, work: Path, videos: int, rounds: in
                     consumer_env["MOMENTS_WEIGHTS"] = str(weights)
                 else:
                     consumer_env.update(LITHOPS_CONFIG_FILE=str(config),
-                                        MOMENTS_FUNCTION_REDIS_URL=server.url.replace("127.0.0.1", gateway()))
+                                        MOMENTS_FUNCTION_REDIS_URL=server.url.replace("127.0.0.1", docker_gateway()))
                 redis.Redis.from_url(server.url).flushdb()
                 result = end_to_end(env, clips, [], workers, consumer_env=consumer_env)
                 figures[where].append(result["throughput"])

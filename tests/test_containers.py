@@ -25,6 +25,7 @@ import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
+from tests.docker_engine import docker_gateway
 from tests.pipeline import client_for, counts_of, direct_top1, make_clips, pipeline_environment, run, start, wait_until
 from tests.redis_server import RedisServer
 
@@ -50,16 +51,9 @@ def why_docker_cannot_run() -> str | None:
                           timeout=60)
     if info.returncode != 0:
         return f"no Docker engine answers ({info.stderr.strip()[:200]}): start dockerd (.ci/run does)"
-    if not (docker_gateway()):
+    if not docker_gateway():
         return "Docker's default bridge has no gateway address"
     return None
-
-
-def docker_gateway() -> str:
-    """Where containers on the default bridge reach this machine (Lithops' localhost containers)."""
-    done = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
-                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}"], capture_output=True, text=True, timeout=60)
-    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")

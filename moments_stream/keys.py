@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lithops.multiprocessing.connection import REDIS_LIST_CONN, get_handle_pair
-
 DEFAULT_NAMESPACE = "moments"
 
 
@@ -88,5 +86,9 @@ class Keys:
         Lithops names a queue's list ``redislist-a-<id>``; the id is this namespace's, so every
         process finds the queue by name and binds it to its own Redis connection.
         """
+        # Imported here: every stage reads Settings (which builds Keys), and `consumer classify`
+        # never touches the queue, so it need not pay for importing lithops (~0.2 s).
+        from lithops.multiprocessing.connection import REDIS_LIST_CONN, get_handle_pair
+
         reader_handle, _ = get_handle_pair(REDIS_LIST_CONN, from_id=self._key("results"))
         return reader_handle

@@ -33,9 +33,9 @@ import imageio_ffmpeg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from consumer.engines import InferenceOptions  # noqa: E402
 from consumer.frames import read_frames, sample_indices  # noqa: E402
-from consumer.model import (  # noqa: E402  # noqa: E402
-    InferenceOptions,
+from consumer.model import (  # noqa: E402
     build_model,
     checkpoint_state_dict,
     frame_probabilities,

@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from consumer.classify import Classifier, load_classifier  # noqa: E402
@@ -42,7 +43,7 @@ FRAMES = 16
 GFLOP_PER_FRAME = 2 * 4.09
 ENGINES = ("torch", "openvino", "onnxruntime")
 # (model-only: preprocessed batches -> None, end-to-end: clips -> None)
-Loops = tuple[Callable[[list[torch.Tensor]], None], Callable[[list[Path]], None]]
+Loops = tuple[Callable[[list[np.ndarray]], None], Callable[[list[Path]], None]]
 
 
 def make_clips(directory: Path, count: int) -> list[Path]:
@@ -68,10 +69,10 @@ def plain_loop(weights: Path, threads: int) -> Loops:
     model = build_model(state_dict, expected_classes=339)
     torch.set_num_threads(threads)
 
-    def infer(batches: list[torch.Tensor]) -> None:
+    def infer(batches: list[np.ndarray]) -> None:
         with torch.inference_mode():
             for batch in batches:
-                torch.softmax(model(batch), dim=1).mean(dim=0)
+                torch.softmax(model(torch.from_numpy(batch)), dim=1).mean(dim=0)
 
     def end_to_end(clips: list[Path]) -> None:
         for clip in clips:
@@ -81,9 +82,9 @@ def plain_loop(weights: Path, threads: int) -> Loops:
 
 
 def engine_loop(classifier: Classifier) -> Loops:
-    def infer(batches: list[torch.Tensor]) -> None:
+    def infer(batches: list[np.ndarray]) -> None:
         for batch in batches:
-            classifier.engine.frame_probabilities(batch).mean(dim=0)
+            classifier.engine.frame_probabilities(batch).mean(axis=0)
 
     def end_to_end(clips: list[Path]) -> None:
         for clip in clips:

@@ -46,18 +46,17 @@ from torchvision import transforms  # noqa: E402
 
 from aggregator.status import redis_now  # noqa: E402
 from consumer.classify import load_classifier  # noqa: E402
+from consumer.engines import InferenceOptions  # noqa: E402
 from consumer.frames import read_frames  # noqa: E402
 from consumer.model import (  # noqa: E402
-    InferenceOptions,
     build_model,
     frame_probabilities,
     load_checkpoint,
     make_synthetic_checkpoint,
     prepare_for_inference,
-    top_k,
-    video_probabilities,
 )
 from consumer.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_frame, to_model_input  # noqa: E402
+from consumer.scores import top_k, video_probabilities  # noqa: E402
 from moments_stream.keys import Keys  # noqa: E402
 from moments_stream.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
 from moments_stream.settings import Settings  # noqa: E402
@@ -154,7 +153,7 @@ def seed_style(weights: Path, categories: list[str], clips: list[Path], num_fram
         model = prepare_for_inference(build_model(state, len(categories)), options)
         frames = extract_frames_seed_style(clip, num_frames, frames_dir)
         batch = torch.stack([transform(frame) for frame in frames])
-        top_k(video_probabilities(frame_probabilities(model, batch, options)), categories, 5)
+        top_k(video_probabilities(frame_probabilities(model, batch, options).numpy()), categories, 5)
     elapsed = time.perf_counter() - started
     shutil.rmtree(frames_dir, ignore_errors=True)
     return len(clips) / elapsed

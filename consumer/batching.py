@@ -2,10 +2,10 @@
 thread runs them together.
 
 A GPU is fed only when many frames arrive at once; one 16-frame video leaves it mostly idle while
-the next video is decoded. Decoding threads (OpenCV releases the GIL) each submit a video's frames
-and wait; the inference thread takes whatever videos are waiting, up to ``max_videos``, runs them
-as one batch and hands each video its own mean probabilities. On a CPU, one video per pass is as
-fast, so consumers there classify one video at a time (see README "Performance").
+the next video is decoded. Decoding threads each submit a video's frames and wait; the inference
+thread takes whatever videos are waiting, up to ``max_videos``, runs them as one batch and hands
+each video its own mean probabilities. On a CPU, one video per pass is as fast, so consumers there
+classify one video at a time (see README "Performance").
 """
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .engines import Engine
 from .preprocess import to_model_input
-
-
-def split_by_video(frame_probs: torch.Tensor, frame_counts: list[int]) -> list[torch.Tensor]:
-    """Per-video mean of per-frame probabilities, for a batch that concatenates videos' frames."""
-    if sum(frame_counts) != frame_probs.shape[0]:
-        raise ValueError(f"{frame_probs.shape[0]} frame results for videos of {frame_counts} frames")
-    return [chunk.mean(dim=0) for chunk in torch.split(frame_probs, frame_counts)]
+from .scores import split_by_video
 
 
 @dataclass
@@ -49,7 +42,7 @@ class InferenceBatcher:
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self._thread.start()
 
-    def probabilities(self, frames_rgb: np.ndarray) -> torch.Tensor:
+    def probabilities(self, frames_rgb: np.ndarray) -> np.ndarray:
         """The video's class probabilities (mean over its frames), computed in some batch."""
         request = _Request(frames_rgb, Future())
         self._requests.put(request)
@@ -87,8 +80,8 @@ class InferenceBatcher:
             if not ready:
                 continue
             try:
-                probs = self._engine.frame_probabilities(torch.cat(inputs))
-                per_video = split_by_video(probs.cpu(), [len(tensor) for tensor in inputs])
+                probs = self._engine.frame_probabilities(np.concatenate(inputs))
+                per_video = split_by_video(probs, [len(frames) for frames in inputs])
             except BaseException as error:  # every waiting video learns why; none hangs
                 for request in ready:
                     request.result.set_exception(error)

@@ -9,17 +9,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.errors import MomentsError
 from moments_stream.logs import stream_is_tty
 from moments_stream.settings import DEFAULT_WORKERS, MODEL_RELEASES
 
 from . import assets
-from .classify import Prediction, cpu_supports_bf16, load_classifier, resolve_device, resolve_model_files
-from .engines import resolve_engine
-from .model import InferenceOptions, make_synthetic_checkpoint
+from .classify import (
+    Prediction,
+    bake_model,
+    cpu_supports_bf16,
+    load_classifier,
+    resolve_device,
+    resolve_model_files,
+)
+from .engines import DEFAULT_CPU_ENGINE, InferenceOptions, resolve_engine
 
 SYNTHETIC_BANNER = "WARNING: synthetic random test weights - these are NOT real action predictions"
 
@@ -53,6 +57,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import make_synthetic_checkpoint
+
     classes = args.classes or MODEL_RELEASES[args.model or "v1"].num_classes
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +70,11 @@ def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    """Download (or find) the weights and categories in the cache and record their SHA-256 there."""
+    """Download (or find) the weights and categories in the cache and record their SHA-256 there;
+    convert the model for the CPU engine; with --bake, write the baked model a runtime image carries."""
+    if args.without_weights and not args.bake:
+        print("--without-weights leaves the weights out of the baked model: pass it with --bake", file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     if args.cache_dir:
         settings = dataclasses.replace(settings, cache_dir=Path(args.cache_dir))
@@ -77,7 +89,15 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     options = InferenceOptions(precision=settings.precision, device=resolve_device(settings.device),
                                compile=settings.compile)
     engine = resolve_engine(settings.engine, options, cpu_supports_bf16())
-    if engine != "torch":  # convert now, so that functions started from this cache load it ready-made
+    if args.bake:
+        # The CPU engine always (a consumer without torch runs it), and the engine asked for if it is
+        # another compiled one.
+        engines = sorted({DEFAULT_CPU_ENGINE} | ({engine} - {"torch"}))
+        directory, manifest = bake_model(settings, with_weights=not args.without_weights, engines=engines,
+                                         progress=stream_is_tty(sys.stderr))
+        print(f"baked {manifest.model_id} for {', '.join(engines)} into {directory}"
+              f"{'' if manifest.weights else ' (without the weights)'}", file=sys.stderr)
+    elif engine != "torch":  # convert now, so that functions started from this cache load it ready-made
         converted = getattr(load_classifier(settings, progress=False).engine, "converted", None)
         print(f"converted for {engine}: {converted}", file=sys.stderr)
     return 0
@@ -156,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="download the weights and categories into the cache, print their SHA-256, "
                         "and convert the model for the CPU engine (runtime images bake all of it)")
     fetch.add_argument("--cache-dir", help="cache to fill (default MOMENTS_CACHE_DIR); runtime images bake it")
+    fetch.add_argument("--bake", action="store_true",
+                       help="also write CACHE_DIR/baked/: the manifest, categories, the OpenVINO conversion and the "
+                       "weights, which consumers use with no setting and without torch")
+    fetch.add_argument("--without-weights", action="store_true",
+                       help="with --bake: leave the checkpoint out (an image for CPUs needs only the conversion)")
 
     start = add_command(sub, cmd_start, "start", help="run N long-running consumer functions on Lithops",
                         model=True, redis=True)

@@ -1,14 +1,18 @@
-"""Inference engines: what runs the torch model's forward pass on a consumer.
+"""Inference engines: what runs the model's forward pass on a consumer, on numpy batches.
 
 The torch model stays the source of truth (the release checkpoint, loading, the GPU path). On a
-CPU, an engine compiles it for the hardware: OpenVINO converts the module itself, ONNX Runtime
-runs its ONNX export. Both match torch fp32 to ~1e-7 in probability and run ~40 % faster than
-torch eager here (bench/README.md, "Inference engines"); ``auto`` picks :data:`DEFAULT_CPU_ENGINE`
-on CPUs and torch on accelerators.
+CPU, an engine runs a conversion of it compiled for the hardware: OpenVINO's IR or ONNX Runtime's
+ONNX export. Both match torch fp32 to ~1e-7 in probability and run ~40 % faster than torch eager
+here (bench/README.md, "Inference engines"); ``auto`` picks :data:`DEFAULT_CPU_ENGINE` on CPUs and
+torch on accelerators.
+
+This module imports no torch: loading and running a converted model needs none, so a runtime image
+without torch runs its baked conversion (consumer/baked.py). Converting needs the torch module and
+lives in consumer/convert.py; :class:`TorchEngine` imports torch when it first runs.
 
 A converted model is cached, keyed by the weights' SHA-256 and the engine's version, beside the
-weights when that folder is writable (runtime images bake it there with ``consumer fetch-model``),
-else in the cache directory: a cold function loads it (~0.1 s) instead of converting (~5-10 s).
+weights when that folder is writable, else in the cache directory: a function loads it (~0.1 s)
+instead of converting (~5-10 s).
 """
 
 from __future__ import annotations
@@ -25,13 +29,12 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from moments_stream.errors import ConfigError
 from moments_stream.logs import get_logger
 from moments_stream.settings import ENGINES
 
-from .model import InferenceOptions, frame_probabilities
+from .scores import softmax
 
 log = get_logger(__name__)
 
@@ -39,15 +42,27 @@ log = get_logger(__name__)
 DEFAULT_CPU_ENGINE = "openvino"
 # The pip package that provides each compiled engine, for the error that names the fix.
 ENGINE_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime onnx"}
+# The file of each compiled engine's conversion that the engine opens (OpenVINO's .bin sits beside it).
+CONVERTED_MODEL_FILES = {"openvino": "model.xml", "onnxruntime": "model.onnx"}
 INPUT_SHAPE = (3, 224, 224)
-ONNX_OPSET = 17
+# The folder under the cache directory that holds the baked model (consumer/baked.py): written
+# once by `consumer fetch-model --bake`, never converted into afterwards.
+BAKED_DIR_NAME = "baked"
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    precision: str = "fp32"
+    device: str = "cpu"
+    channels_last: bool = True
+    compile: bool = False
 
 
 class Engine(Protocol):
     name: str
 
-    def frame_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax per frame: (N, 3, 224, 224) -> (N, classes) float32 probabilities."""
+    def frame_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax per frame: (N, 3, 224, 224) float32 -> (N, classes) float32 probabilities."""
         ...
 
 
@@ -93,14 +108,27 @@ def import_engine(engine: str) -> ModuleType:
         ) from None
 
 
+def engine_version(engine: str) -> str:
+    """The installed version of a compiled engine's package (a conversion belongs to one version)."""
+    return str(import_engine(engine).__version__)
+
+
 @dataclass
 class TorchEngine:
-    model: torch.nn.Module
+    """The torch module itself (eager or torch.compile'd, on any device); torch is imported by
+    whoever built ``model``, never by a consumer that runs a compiled engine."""
+
+    model: Any  # torch.nn.Module, prepared for ``options``
     options: InferenceOptions
     name: str = "torch"
 
-    def frame_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        return frame_probabilities(self.model, batch, self.options)
+    def frame_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from .model import frame_probabilities
+
+        probabilities = frame_probabilities(self.model, torch.from_numpy(np.ascontiguousarray(batch)), self.options)
+        return probabilities.cpu().numpy()
 
 
 @dataclass
@@ -112,9 +140,8 @@ class CompiledEngine:
     # The folder of the converted model it runs.
     converted: Path
 
-    def frame_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.run_logits(np.ascontiguousarray(batch.numpy(), dtype=np.float32))
-        return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=1)
+    def frame_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return softmax(self.run_logits(np.ascontiguousarray(batch, dtype=np.float32)))
 
 
 def converted_name(engine: str, version: str, weights_sha256: str) -> str:
@@ -123,10 +150,13 @@ def converted_name(engine: str, version: str, weights_sha256: str) -> str:
 
 
 def conversion_dirs(weights: Path, cache_dir: Path) -> list[Path]:
-    """Where converted models are looked for, in order: beside the weights, then the cache."""
+    """Where converted models are looked for, in order: beside the weights, then the cache. Weights
+    in the baked model convert into the cache only: a bake is what `fetch-model --bake` wrote."""
     beside = weights.parent / "engines"
     fallback = cache_dir / "engines"
-    return [beside] if beside == fallback else [beside, fallback]
+    if beside == fallback or weights.parent == cache_dir / BAKED_DIR_NAME:
+        return [fallback]
+    return [beside, fallback]
 
 
 def _writable(directory: Path) -> bool:
@@ -172,10 +202,6 @@ def cached_conversion(
     return target / name
 
 
-def _example_input() -> torch.Tensor:
-    return torch.zeros(1, *INPUT_SHAPE)
-
-
 def openvino_config(precision: str, threads: int) -> dict[str, Any]:
     """OpenVINO's CPU plugin settings for one consumer using ``threads`` threads."""
     return {
@@ -190,57 +216,28 @@ def openvino_config(precision: str, threads: int) -> dict[str, Any]:
     }
 
 
-def load_openvino(
-    model: torch.nn.Module, weights: Path, weights_sha256: str, cache_dir: Path, precision: str, threads: int
-) -> CompiledEngine:
+def open_openvino(model_xml: Path, precision: str, threads: int) -> CompiledEngine:
+    """An OpenVINO conversion (model.xml and its .bin) compiled for this CPU."""
     ov = import_engine("openvino")
-
-    def convert(directory: Path) -> None:
-        converted = ov.convert_model(model.eval(), example_input=_example_input(), input=[[-1, *INPUT_SHAPE]])
-        # compress_to_fp16 would round the weights to fp16: the fp32 path must match torch.
-        ov.save_model(converted, str(directory / "model.xml"), compress_to_fp16=False)
-
-    folder = cached_conversion("openvino", ov.__version__, weights, weights_sha256, cache_dir, convert, "model.xml")
-    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", openvino_config(precision, threads))
+    compiled = ov.Core().compile_model(str(model_xml), "CPU", openvino_config(precision, threads))
     output = compiled.output(0)
-    return CompiledEngine("openvino", lambda batch: compiled(batch)[output], folder)
+    return CompiledEngine("openvino", lambda batch: compiled(batch)[output], model_xml.parent)
 
 
-def load_onnxruntime(
-    model: torch.nn.Module, weights: Path, weights_sha256: str, cache_dir: Path, threads: int
-) -> CompiledEngine:
+def open_onnxruntime(model_onnx: Path, threads: int) -> CompiledEngine:
+    """An ONNX export in an ONNX Runtime CPU session of ``threads`` threads."""
     ort = import_engine("onnxruntime")
-
-    def convert(directory: Path) -> None:
-        import_engine("onnx")  # the exporter needs it
-        torch.onnx.export(
-            model.eval(), (_example_input(),), str(directory / "model.onnx"), input_names=["frames"],
-            output_names=["logits"], dynamic_axes={"frames": {0: "frames"}, "logits": {0: "frames"}},
-            opset_version=ONNX_OPSET, dynamo=False,
-        )
-
-    folder = cached_conversion("onnxruntime", ort.__version__, weights, weights_sha256, cache_dir, convert,
-                               "model.onnx")
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(folder / "model.onnx"), session_options, providers=["CPUExecutionProvider"])
-    return CompiledEngine("onnxruntime", lambda batch: session.run(None, {"frames": batch})[0], folder)
+    session = ort.InferenceSession(str(model_onnx), session_options, providers=["CPUExecutionProvider"])
+    return CompiledEngine("onnxruntime", lambda batch: session.run(None, {"frames": batch})[0], model_onnx.parent)
 
 
-def load_engine(
-    engine: str,
-    model: torch.nn.Module,
-    options: InferenceOptions,
-    weights: Path,
-    weights_sha256: str,
-    cache_dir: Path,
-    threads: int,
-) -> Engine:
-    """The engine that will run ``model`` (already prepared for ``options`` when it is torch)."""
+def open_converted(engine: str, folder: Path, options: InferenceOptions, threads: int) -> CompiledEngine:
+    """A compiled engine over the conversion in ``folder`` (no torch needed)."""
     check_engine_options(engine, options)
+    model_file = folder / CONVERTED_MODEL_FILES[engine]
     if engine == "openvino":
-        return load_openvino(model, weights, weights_sha256, cache_dir, options.precision, threads)
-    if engine == "onnxruntime":
-        return load_onnxruntime(model, weights, weights_sha256, cache_dir, threads)
-    return TorchEngine(model, options)
+        return open_openvino(model_file, options.precision, threads)
+    return open_onnxruntime(model_file, threads)

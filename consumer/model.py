@@ -1,16 +1,23 @@
-"""The Moments in Time ResNet50: building it, loading release checkpoints, scoring frames."""
+"""The Moments in Time ResNet50 in torch: building it, loading release checkpoints, scoring frames.
+
+Only the torch paths import this module (the torch engine, GPUs, --compile, converting for a
+compiled engine, make-test-checkpoint, a checkpoint not baked yet): a CPU consumer running the baked
+conversion never does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torchvision
 
 from moments_stream.errors import CheckpointError
+
+from .engines import InferenceOptions
 
 # Checkpoints written by `consumer make-test-checkpoint` carry this marker, so that output
 # from random weights is never mistaken for a real prediction.
@@ -104,14 +111,6 @@ def make_synthetic_checkpoint(num_classes: int, seed: int = 0) -> dict[str, Any]
     return {"epoch": 0, "arch": "resnet50", "state_dict": state, SYNTHETIC_MARKER: True}
 
 
-@dataclass(frozen=True)
-class InferenceOptions:
-    precision: str = "fp32"
-    device: str = "cpu"
-    channels_last: bool = True
-    compile: bool = False
-
-
 def prepare_for_inference(model: torch.nn.Module, options: InferenceOptions) -> torch.nn.Module:
     model = model.to(options.device)
     if options.channels_last:
@@ -132,9 +131,11 @@ def warm_up(model: torch.nn.Module, options: InferenceOptions, batch_size: int) 
     frame_probabilities(model, torch.zeros(batch_size, 3, 224, 224), options)
 
 
-def frame_probabilities(model: torch.nn.Module, batch: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
-    """Softmax per frame: (N, 3, 224, 224) -> (N, classes) float32 probabilities."""
-    batch = batch.to(options.device)
+def frame_probabilities(
+    model: torch.nn.Module, batch: torch.Tensor | np.ndarray, options: InferenceOptions
+) -> torch.Tensor:
+    """Softmax per frame: (N, 3, 224, 224) -> (N, classes) float32 probabilities, on the device."""
+    batch = torch.as_tensor(batch).to(options.device)
     if options.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
@@ -142,13 +143,3 @@ def frame_probabilities(model: torch.nn.Module, batch: torch.Tensor, options: In
     with torch.inference_mode(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(batch)
     return torch.softmax(logits.float(), dim=1)
-
-
-def video_probabilities(frame_probs: torch.Tensor) -> torch.Tensor:
-    """The release's clip score: the mean over frames of per-frame softmax."""
-    return frame_probs.mean(dim=0)
-
-
-def top_k(probabilities: torch.Tensor, categories: list[str], k: int) -> list[tuple[str, float]]:
-    values, indices = torch.topk(probabilities, min(k, probabilities.shape[-1]))
-    return [(categories[int(i)], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]

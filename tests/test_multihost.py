@@ -13,8 +13,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.hosts import Cluster, Host, cluster, namespaces_unavailable, wait_for_port
+from tests.hosts import Cluster, Host, cluster, namespaces_unavailable, scratch_namespace
 from tests.pipeline import direct_top1, make_clips, pipeline_environment, wait_until
 from tests.redis_server import TLS_CAPABLE_BINARY, make_tls_files
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, lithops_s3_environment, s3_client
@@ -34,6 +37,66 @@ REDIS_PORT = 6380  # TLS only
 S3_PORT = 5000
 PASSWORD = "multi-host-secret"
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+
+
+def drop_everything(host: Host) -> None:
+    """Policy DROP on INPUT, FORWARD and OUTPUT in ``host``'s namespace (what Docker does to FORWARD,
+    and more), with iptables or else nft; skips the test when neither is installed."""
+    env = {"PATH": os.environ.get("PATH", os.defpath)}
+    if iptables := shutil.which("iptables"):
+        for chain in ("INPUT", "FORWARD", "OUTPUT"):
+            done = host.run(iptables, "-P", chain, "DROP", env=env)
+            assert done.returncode == 0, done.stderr
+    elif nft := shutil.which("nft"):
+        chains = "".join(f"chain {hook} {{ type filter hook {hook} priority 0; policy drop; }} "
+                         for hook in ("input", "forward", "output"))
+        done = host.run(nft, f"add table inet drop {{ {chains}}}", env=env)
+        assert done.returncode == 0, done.stderr
+    else:
+        pytest.skip("neither iptables nor nft is installed: no firewall to test against")
+
+
+def test_hosts_reach_each_other_whatever_the_firewall_where_the_tests_run(tmp_path: Path) -> None:
+    """The harness's traffic never passes the firewall of the namespace the tests run from (Docker's
+    FORWARD DROP, with br_netfilter, dropped every bridged packet when the bridges were there): run
+    from a namespace that drops everything, its hosts reach each other and this process reaches
+    them, and nothing of the harness is in that namespace."""
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with scratch_namespace("caller") as caller:
+        drop_everything(caller)
+        # The firewall is in force there: even a connection to its own loopback gets nowhere.
+        done = caller.run(sys.executable, "-c", "import socket; server = socket.create_server(('127.0.0.1', 0)); "
+                          "socket.create_connection(server.getsockname(), timeout=2)", env={})
+        assert "TimeoutError" in done.stderr, done
+        with caller.entered(), cluster() as made:
+            server = made.add_host("server", 2, ("backend", "ops"))
+            client = made.add_host("client", 10, ("backend",))
+            server.start(sys.executable, "-m", "http.server", "-b", "0.0.0.0", "8000", env={},
+                         log=tmp_path / "http.log")
+            made.here.wait_for_port(server.addresses["ops"], 8000)  # this process, on the ops network
+            done = client.run(sys.executable, "-c", "import socket; socket.create_connection("
+                              f"({server.addresses['backend']!r}, 8000), timeout=10)", env={})
+            assert done.returncode == 0, done.stderr  # host to host, on the backend network
+            links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
+            assert [line.split(": ")[1] for line in links.stdout.splitlines()] == ["lo"], links.stdout
+        assert f"{made.prefix}-" not in netns_names()
+
+
+def netns_names() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+
+
+def test_cluster_removes_everything_it_made_even_when_a_step_fails() -> None:
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with pytest.raises(subprocess.CalledProcessError), cluster() as made:
+        made.add_host("first", 5, ("backend", "ops"))
+        made.add_host("second", 5, ("backend",))  # its namespace made, then its veth's name is taken
+    assert {"here", "first", "second"} <= set(made.hosts)
+    assert f"{made.prefix}-" not in netns_names()
 
 
 @dataclass
@@ -62,7 +125,7 @@ class Deployment:
             "--appendonly", "yes", "--dir", str(data), "--save", "",
             env={}, log=self.redis_log,
         )
-        wait_for_port(ops, REDIS_PORT)
+        self.cluster.here.wait_for_port(ops, REDIS_PORT)
 
     def stop_redis(self) -> None:
         """SHUTDOWN (AOF flushed), as a restart of the Redis host does."""
@@ -73,8 +136,20 @@ class Deployment:
         self.redis.processes.clear()
 
     def observer(self) -> redis.Redis:
-        """This test's own client: on the ops network, like an operator's laptop."""
-        return redis.Redis.from_url(self.redis_url("ops"))
+        """This test's own client: on the ops network, like an operator's laptop (its connections are
+        opened from the cluster's ``here`` host)."""
+        here = self.cluster.here
+
+        class HereConnection(redis.SSLConnection):
+            def _connect(self):
+                with here.entered():
+                    return super()._connect()
+
+        return redis.Redis.from_url(self.redis_url("ops"), connection_class=HereConnection)
+
+    def create_bucket(self, bucket: str) -> None:
+        with self.cluster.here.entered():
+            s3_client(f"http://{self.storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket=bucket)
 
     def environment(self, host: Host, base: dict[str, str], network: str, home: Path) -> dict[str, str]:
         """What a stage on ``host`` is configured with: its own Redis and storage addresses, and its
@@ -104,8 +179,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         found = Deployment(made, redis_host, storage, workers, operators, root, tls.ca, root / "redis.log")
         found.start_redis()
         storage.start(str(BIN / "moto_server"), "-H", "0.0.0.0", "-p", str(S3_PORT), env={}, log=root / "moto.log")
-        wait_for_port(storage.addresses["ops"], S3_PORT)
-        s3_client(f"http://{storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket="lithops-internal")
+        made.here.wait_for_port(storage.addresses["ops"], S3_PORT)
+        found.create_bucket("lithops-internal")
         yield found
 
 
@@ -162,7 +237,7 @@ class Run:
 def pipeline(deployment: Deployment, tmp_path: Path, checkpoint_v1: Path, categories_v1: Path) -> Iterator[Run]:
     namespace = f"mh{uuid.uuid4().hex[:6]}"
     bucket = f"videos-{namespace}"
-    s3_client(f"http://{deployment.storage.addresses['ops']}:{S3_PORT}").create_bucket(Bucket=bucket)
+    deployment.create_bucket(bucket)
     base = pipeline_environment("unused://", checkpoint_v1, categories_v1, tmp_path / "data")
     base.update(MOMENTS_BUCKET=bucket, MOMENTS_NAMESPACE=namespace, MOMENTS_CONSUMER_LEASE="4",
                 AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+import uuid
 from typing import Any
 
 import lithops
-from lithops.wait import ANY_COMPLETED
+import redis
+from lithops.wait import ALWAYS
 
 from moments_stream import ledger
 from moments_stream.errors import ConfigError
+from moments_stream.keys import Keys
 from moments_stream.lithops_env import backend_time_limit_s, lithops_config, localhost_runs_in_container
 from moments_stream.logs import get_logger
-from moments_stream.redis_conn import connect
+from moments_stream.redis_conn import REDIS_OUTAGE, connect
 from moments_stream.resources import available_cpus, threads_per_worker
 from moments_stream.settings import DEFAULT_FUNCTION_TIMEOUT_S, Settings
 
@@ -96,7 +100,7 @@ def relaunch_wanted(summary: dict[str, Any], relaunches_left: int) -> tuple[bool
     reason = summary.get("reason")
     if reason == "deadline" and summary.get("jobs", 0) > 0:
         return True, relaunches_left
-    if reason in ("deadline", "crashed") and relaunches_left > 0:
+    if reason in ("deadline", "crashed", "lost") and relaunches_left > 0:
         return True, relaunches_left - 1
     return False, relaunches_left
 
@@ -125,6 +129,67 @@ def with_threads_for(settings: Settings, workers: int, cpus: int) -> Settings:
     return dataclasses.replace(settings, threads=threads_per_worker(cpus, workers))
 
 
+# How often the launcher looks at its functions and at their leases.
+LAUNCH_POLL_S = 1.0
+# Once consumers are told to stop (or nothing is pending), a launched function that has not taken
+# its lease by this long after its launch is given up: it would start only to exit.
+NEVER_STARTED_GRACE_S = 120
+
+
+def result_of(future: Any) -> dict[str, Any]:
+    """A finished consumer function's summary, or one that says how it crashed."""
+    try:
+        return future.result(throw_except=True)
+    except Exception as error:
+        summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
+        log.error("consumer_crashed", error=summary["error"])
+        return summary
+
+
+class LaunchLeases:
+    """The launcher's view of whether each consumer it launched is alive: a consumer keeps its
+    launch lease (``Keys.consumer_launch``) while its heartbeat runs. A backend that loses a function
+    without a status (a killed localhost container: Lithops then waits on it for ever) shows as a
+    lease that was held and then lapsed while the function still counts as running."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+        self._launches: dict[Any, tuple[str, float]] = {}  # future -> (launch id, when launched)
+        self._workers: dict[Any, str] = {}  # future -> worker id, once its lease was seen
+
+    def track(self, future: Any, launch_id: str) -> Any:
+        self._launches[future] = (launch_id, time.monotonic())
+        return future
+
+    def forget(self, future: Any) -> None:
+        self._launches.pop(future, None)
+        self._workers.pop(future, None)
+
+    def worker_of(self, future: Any) -> str | None:
+        return self._workers.get(future)
+
+    def lost(self, running: list[Any], start_within_s: float) -> list[tuple[Any, str]]:
+        """The running futures whose consumer held its lease and no longer does, or never took it
+        within ``start_within_s`` of its launch; each with what happened."""
+        tracked = [future for future in running if future in self._launches]
+        if not tracked:
+            return []
+        try:
+            holders = self._client.mget([self._keys.consumer_launch(self._launches[f][0]) for f in tracked])
+        except REDIS_OUTAGE:
+            return []  # nothing can be told while Redis is away; the leases are read again next time
+        lost = []
+        for future, holder in zip(tracked, holders, strict=True):
+            if holder is not None:
+                self._workers[future] = holder.decode() if isinstance(holder, bytes) else str(holder)
+            elif future in self._workers:
+                lost.append((future, "its lease lapsed while its function ran: the function or its container died"))
+            elif time.monotonic() - self._launches[future][1] > start_within_s:
+                lost.append((future, f"it never started within {round(start_within_s)} s of its launch"))
+        return lost
+
+
 def run_consumers(
     settings: Settings,
     workers: int,
@@ -151,8 +216,11 @@ def run_consumers(
     call = {"settings": settings.for_functions(), "max_runtime_s": max_runtime_s,
             "function_timeout_s": function_timeout_s, "idle_exit_s": idle_exit_s}
 
+    launches = LaunchLeases(client, keys)
+
     def launch(count: int) -> list[Any]:
-        return [executor.call_async(run_consumer, call) for _ in range(count)]
+        return [launches.track(executor.call_async(run_consumer, dict(call, launch_id=launch_id)), launch_id)
+                for launch_id in (uuid.uuid4().hex[:12] for _ in range(count))]
 
     running = launch(workers)
     relaunches_left = 3 * workers
@@ -160,15 +228,25 @@ def run_consumers(
     log.info("consumers_launched", workers=workers, backend=config["lithops"]["backend"],
              max_runtime_s=max_runtime_s, idle_exit_s=idle_exit_s)
     while running:
-        done, running = executor.wait(running, return_when=ANY_COMPLETED, throw_except=False,
-                                      show_progressbar=False, wait_dur_sec=1)
-        running = list(running)
-        for future in done:
-            try:
-                summary = future.result(throw_except=True)
-            except Exception as error:
-                summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
-                log.error("consumer_crashed", error=summary["error"])
+        done, pending = executor.wait(running, return_when=ALWAYS, throw_except=False, show_progressbar=False)
+        winding_down = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers()) \
+            or not ledger.pending_count(client, keys)
+        # A function past its time limit is not running; with nothing left to do, one that has not
+        # started by now would only find the stop flag or an empty queue.
+        lost = launches.lost(list(pending), NEVER_STARTED_GRACE_S if winding_down else function_timeout_s)
+        lost_futures = {future for future, _ in lost}
+        running = [future for future in pending if future not in lost_futures]
+        if not done and not lost:
+            time.sleep(LAUNCH_POLL_S)
+            continue
+        finished: list[tuple[Any, dict[str, Any] | None]] = [(future, None) for future in done]
+        finished += [(future, {"worker": launches.worker_of(future), "reason": "lost", "error": what})
+                     for future, what in lost]
+        for future, known in finished:
+            summary = known or result_of(future)
+            if summary["reason"] == "lost":
+                log.error("consumer_lost", worker=summary["worker"], error=summary["error"])
+            launches.forget(future)
             summaries.append(summary)
             stopping = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers())
             if stopping or not ledger.pending_count(client, keys):
@@ -177,7 +255,7 @@ def run_consumers(
             if wanted:
                 log.info("consumer_relaunched", previous=summary.get("worker"), reason=summary.get("reason"))
                 running.extend(launch(1))
-            elif summary.get("reason") in ("deadline", "crashed"):
+            elif summary.get("reason") in ("deadline", "crashed", "lost"):
                 log.error("consumer_not_relaunched", previous=summary.get("worker"), reason=summary.get("reason"),
                           fix="read the consumers' errors above; for slow starts raise --function-timeout")
     executor.clean(clean_cloudobjects=True)

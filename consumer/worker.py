@@ -71,6 +71,8 @@ class ConsumerWorker(SimpleWorker):
                                            logging_level="WARNING")
         self.exit_reason = "idle"
         self.jobs_run = 0
+        # Set on one worker of a consumer: the launcher's lease on the whole consumer.
+        self.launch_key: str | None = None
 
     def _time_boxed_penalty(self, timeout: int, exception: type = JobTimeoutException, **kwargs: Any) -> Any:
         """rq's job timer, cut short where the function's own time limit comes first: the video is
@@ -92,6 +94,11 @@ class ConsumerWorker(SimpleWorker):
         """The lease thread's beat: only between birth and death, so it never recreates the key."""
         if self.birth_date is not None and not self.death_registered:
             self.heartbeat()
+        self.renew_launch_lease()
+
+    def renew_launch_lease(self) -> None:
+        if self.launch_key is not None:
+            self.connection.set(self.launch_key, self.name, ex=self.lease_s)
 
     def register_death(self) -> None:
         self.death_registered = True
@@ -195,7 +202,11 @@ def work_until_done(worker: ConsumerWorker, idle_exit_s: int | None) -> None:
 
 
 def run_consumer(
-    settings: Settings, max_runtime_s: float, function_timeout_s: float, idle_exit_s: int | None = None
+    settings: Settings,
+    max_runtime_s: float,
+    function_timeout_s: float,
+    idle_exit_s: int | None = None,
+    launch_id: str | None = None,
 ) -> dict[str, Any]:
     """The Lithops function body. Returns a summary of what this worker did and why it stopped.
 
@@ -231,6 +242,9 @@ def run_consumer(
         for name in names
     ]
     context.workers.update((worker.name, worker) for worker in workers)
+    if launch_id is not None:
+        workers[0].launch_key = settings.keys.consumer_launch(launch_id)
+        workers[0].renew_launch_lease()
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id, decode_threads=decode_threads,
              load_ms=round((time.monotonic() - started) * 1000))
     if len(workers) == 1:

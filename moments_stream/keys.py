@@ -80,6 +80,12 @@ class Keys:
         """String, set by ``consumer stop``: consumers finish their video and exit; none is relaunched."""
         return self._key("consumers", "stop")
 
+    def consumer_launch(self, launch_id: str) -> str:
+        """String with a lease: the worker id of the consumer ``consumer start`` launched as
+        ``launch_id``, refreshed by its heartbeat. Gone while its function still runs: the function
+        (or its container) died without a word, and the launcher stops waiting for it."""
+        return self._key("launches", launch_id)
+
     def results_list(self) -> str:
         """List: the lithops Queue consumers publish outcomes on and aggregators drain.
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,11 +112,16 @@ def images(python_base: str, checkpoint_v1: Path) -> Images:
 
 
 @pytest.fixture(scope="module")
-def clips_dir(tmp_path_factory: pytest.TempPathFactory, juggling: Path) -> Path:
-    folder = tmp_path_factory.mktemp("clips")
+def clips_dir(juggling: Path) -> Iterator[Path]:
+    """Clips every user may read (the Kubernetes image runs as 1000; pytest's folders are root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="moments-container-clips-"))
+    folder.chmod(0o755)
     shutil.copy(juggling, folder / "juggling.mp4")
     make_clips(folder, range(2))
-    return folder
+    for clip in folder.iterdir():
+        clip.chmod(0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def host_predictions(checkpoint: Path, clips: list[Path]) -> dict[str, dict]:

@@ -85,3 +85,26 @@ def test_a_consumer_counts_its_time_from_when_its_process_began() -> None:
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo, check=True)
     assert float(done.stdout) >= 2.0
+
+
+def test_launch_leases_tell_a_consumer_that_died_silently_from_one_still_starting(redis_client) -> None:
+    from consumer.launcher import LaunchLeases
+    from moments_stream.keys import Keys
+
+    keys = Keys("moments")
+    leases = LaunchLeases(redis_client, keys)
+    alive, dying, starting = object(), object(), object()
+    for future, launch_id in ((alive, "a"), (dying, "b"), (starting, "c")):
+        leases.track(future, launch_id)
+    redis_client.set(keys.consumer_launch("a"), "worker-a", ex=30)
+    redis_client.set(keys.consumer_launch("b"), "worker-b", ex=30)
+    assert leases.lost([alive, dying, starting], start_within_s=3600) == []
+    redis_client.delete(keys.consumer_launch("b"))  # its lease lapsed: no heartbeat any more
+    lost = leases.lost([alive, dying, starting], start_within_s=3600)
+    assert [future for future, _ in lost] == [dying] and "lapsed" in lost[0][1]
+    assert leases.worker_of(dying) == "worker-b"
+    # One that never took its lease is given up only past the start limit it is given.
+    never = leases.lost([alive, starting], start_within_s=0)
+    assert [future for future, _ in never] == [starting] and "never started" in never[0][1]
+    relaunch, left = relaunch_wanted({"reason": "lost"}, 1)
+    assert relaunch and left == 0

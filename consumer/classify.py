@@ -14,6 +14,7 @@ This module imports no torch; the torch path imports it when it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import time
@@ -48,6 +49,8 @@ from .scores import top_k, video_probabilities
 
 log = get_logger(__name__)
 
+# How torch is installed with this project (an extra: a CPU runtime image runs without it).
+TORCH_INSTALL = "pip install 'moments-stream[torch]'"
 # Device files a GPU driver creates (NVIDIA, AMD ROCm, WSL2): without one of them, torch finds no GPU.
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 
@@ -148,7 +151,7 @@ def configured_model_id(settings: Settings) -> str:
         return bake.model_id
     import_torch(f"reading the checkpoint {settings.weights_source}",
                  fix="leave MOMENTS_WEIGHTS, MOMENTS_WEIGHTS_SHA256 and MOMENTS_CATEGORIES unset to use the baked "
-                 "model, or run this where torch is installed")
+                 f"model, or install torch ({TORCH_INSTALL})")
     from .model import load_checkpoint
 
     weights_path, categories_path = resolve_model_files(settings, progress=False)
@@ -265,16 +268,17 @@ def why_torch_is_needed(
         return ("the torch engine (--engine torch, or what --device, --precision or --compile ask for)",
                 "run the baked model with a compiled engine: --engine auto or openvino, --precision fp32, no "
                 "--compile, on the CPU (MOMENTS_ENGINE, MOMENTS_PRECISION, MOMENTS_COMPILE, MOMENTS_DEVICE), or "
-                "use an image with torch")
+                f"install torch ({TORCH_INSTALL}; the CUDA runtime image has it)")
     directory = baked.baked_dir(settings.cache_dir)
     if bake is None and not bake_on_disk:
         return (f"loading {settings.weights_source} (there is no baked model in {directory})",
-                "bake it with `consumer fetch-model --bake` where torch is installed (runtime images do), "
-                "and point MOMENTS_CACHE_DIR at that cache")
+                f"install torch ({TORCH_INSTALL}), or bake the model with `consumer fetch-model --bake` where "
+                "torch is installed (runtime images do) and point MOMENTS_CACHE_DIR at that cache")
     if bake is None:
         return (f"loading {settings.weights_source}, which is not the model baked in {directory}",
                 "leave MOMENTS_WEIGHTS, MOMENTS_WEIGHTS_SHA256 and MOMENTS_CATEGORIES unset to use the baked model, "
-                "or bake these weights with `consumer fetch-model --bake` where torch is installed")
+                f"bake these weights with `consumer fetch-model --bake` where torch is installed, or install torch "
+                f"({TORCH_INSTALL})")
     baked_versions = ", ".join(f"{name} {entry.version}" for name, entry in sorted(bake.engines.items())) or "none"
     return (f"converting the model for {engine} {version} (the baked model in {directory} holds: {baked_versions})",
             f"bake it again with `consumer fetch-model --bake` under {engine} {version}, or install the "
@@ -290,20 +294,26 @@ def _load_with_torch(
     needed_for: tuple[str, str],
     progress: bool,
 ) -> _Loaded:
-    """The checkpoint through torch: the bake's own copy when the bake is the model asked for,
-    else the settings' weights (downloaded once); converted for a compiled engine (cached)."""
+    """The checkpoint through torch: the bake's own copy (or its source) when the bake is the model
+    asked for, else the settings' weights (downloaded once); converted for a compiled engine (cached)."""
     torch = import_torch(*needed_for)
     from .convert import load_engine
     from .model import build_model, load_checkpoint, prepare_for_inference, warm_up
 
     directory = baked.baked_dir(settings.cache_dir)
+    known_sha256: str | None = None
     if bake is not None and bake.weights is not None:
         # The manifest records the baked file's hash: it is not hashed again.
         weights_path, categories_path = directory / bake.weights, directory / baked.CATEGORIES_FILE
-        known_sha256: str | None = bake.weights_sha256
+        known_sha256 = bake.weights_sha256
+    elif bake is not None:
+        # Baked without its weights: the file it was baked from (downloaded once, checked against the
+        # baked hash), with the baked category list (its source may be a path on the building machine).
+        source = dataclasses.replace(settings, weights=bake.weights_source, weights_sha256=bake.weights_sha256)
+        weights_path, _ = resolve_model_files(source, progress=progress)
+        categories_path = directory / baked.CATEGORIES_FILE
     else:
         weights_path, categories_path = resolve_model_files(settings, progress=progress)
-        known_sha256 = None
     categories = assets.load_categories(categories_path)
     state_dict, synthetic = load_checkpoint(weights_path)
     model = build_model(state_dict, expected_classes=len(categories))
@@ -322,7 +332,7 @@ def _load_with_torch(
         model_id=model_id_for(settings.release.name, weights_path, categories, synthetic, weights_sha256),
         synthetic=synthetic,
         weights=str(weights_path),
-        baked=bake is not None and bake.weights is not None,
+        baked=bake is not None,
     )
 
 
@@ -384,8 +394,8 @@ def bake_model(
 ) -> tuple[Path, baked.BakedModel]:
     """``consumer fetch-model --bake``: the model ``settings`` name, converted for each of ``engines``
     (cached as usual), written with its manifest as the baked model under the cache directory."""
-    import_torch("baking the model", fix="run `consumer fetch-model --bake` where torch is installed "
-                 "(runtime/build.sh does, or the image build's bake stage)")
+    import_torch("baking the model", fix=f"install torch ({TORCH_INSTALL}); runtime/build.sh bakes where it "
+                 "is installed, or in a build stage that installs it")
     from .convert import converted_model
     from .model import build_model, load_checkpoint
 

@@ -276,9 +276,13 @@ def test_baking_again_replaces_the_bake_atomically(
     done = subprocess.run([CONSUMER, "fetch-model", "--bake", "--without-weights", "--cache-dir", str(cache)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((cache / "baked" / "model.json").read_text())["weights"] is None
-    assert not (cache / "baked" / "weights.pth.tar").exists()
+    manifest = json.loads((cache / "baked" / "model.json").read_text())
+    assert manifest["weights"] is None and not (cache / "baked" / "weights.pth.tar").exists()
     assert sorted(path.name for path in cache.iterdir() if path.name.startswith(".")) == []
+    # Where torch runs it without baked weights, it loads the file the bake was made from.
+    with_torch = load_classifier(Settings.from_env({"MOMENTS_CACHE_DIR": str(cache), "MOMENTS_ENGINE": "torch"}),
+                                 progress=False)
+    assert with_torch.model is not None and with_torch.model_id == manifest["model_id"]
 
 
 def test_without_weights_goes_with_bake(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ A pickled Lithops Queue carries its creator's Redis connection arguments (``Pick
 pickles host, port, password and TLS paths), so a handle shared through Redis would make every
 process talk to the creator's address. Instead the queue's list name is derived from the
 namespace (:meth:`Keys.results_list`) and each process rebuilds the queue around the client it
-connected itself with ``MOMENTS_REDIS_URL``. Messages are JSON text: the only thing unpickled is
-the Lithops message envelope, and a message that is not one of our outcomes goes to the
-dead-letter hash instead of stopping the aggregator.
+connected itself with ``MOMENTS_REDIS_URL``. Messages are JSON text in the Lithops message
+envelope (a pickled ``str``, which Lithops' ``Queue.get`` unpickles). The aggregator reads that
+envelope with :class:`EnvelopeReader`, an unpickler that refuses every global, so a message
+crafted to run code when unpickled builds nothing; it, and any message that is not one of our
+outcomes, goes to the dead-letter hash instead of stopping the aggregator.
 
 The Lithops internals this relies on (pinned to lithops 3.8 in pyproject.toml, each checked by
 ``tests/test_results_queue.py``): the state tuples of ``Queue`` and of the Redis connection
@@ -18,11 +20,14 @@ the raw message with, before unpickling it).
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import cloudpickle
 import redis
@@ -90,10 +95,28 @@ def decode_outcome(text: str | bytes) -> VideoOutcome:
         raise MalformedMessage(error.reason, excerpt, isinstance(error, UnsupportedSchema)) from None
 
 
+class EnvelopeReader(pickle.Unpickler):
+    """Reads the Lithops envelope of a results message, a pickled ``str``, and nothing more.
+
+    Anyone who can write to Redis can push onto the results list, so a message is untrusted
+    input: a full unpickler would run whatever callable the pickle names (``os.system``, say).
+    A pickled ``str`` (or any other plain container of plain values) names no global, so this
+    reader refuses every global (and persistent id, which the base class already refuses):
+    nothing in a message can reach a callable, and nothing runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: the envelope holds JSON text only")
+
+
+def read_envelope(raw: bytes) -> object:
+    """The value pickled in ``raw``, built without loading any global (:class:`EnvelopeReader`)."""
+    return EnvelopeReader(io.BytesIO(raw)).load()
+
+
 def decode(raw: bytes) -> VideoOutcome:
     """The outcome in one raw queue message, or :class:`MalformedMessage` saying what is wrong."""
     try:
-        payload = cloudpickle.loads(raw)
+        payload = read_envelope(raw)
     except Exception as error:
         raise MalformedMessage(f"not a Lithops queue message ({type(error).__name__}: {error})", repr(raw)) from None
     if not isinstance(payload, str):

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import InvalidJobOperation
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
@@ -35,6 +36,12 @@ POLL_S = 2
 # Kept free at the end of a function's time limit: publishing the last outcome and leaving rq
 # cleanly, and the few moments between the backend starting its clock and this process starting.
 EXIT_SLACK_S = 15
+# Deletes a job's hash only when it holds no status: what rq's heartbeat at the end of a late
+# execution recreated (``last_heartbeat`` alone) after another worker had finished and deleted it.
+_DELETE_STATUSLESS_JOB = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def process_started() -> float:
@@ -156,6 +163,26 @@ class ConsumerWorker(SimpleWorker):
             if result is not None:
                 return result
         return None
+
+    def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any, execution: Any) -> None:
+        """rq's success handling, except for a job that no longer exists: this worker's lease lapsed
+        mid-job (cut off, paused), another consumer took the job over, finished it and deleted it
+        (``result_ttl=0``). rq's clean-up of the late success then cannot read the job's status
+        (``InvalidJobOperation``) and would treat the success as a failed attempt and retry the job,
+        classifying the video yet again. The outcome this worker published is a duplicate the ledger
+        ignores; the late success ends here, quietly, with this execution's records removed."""
+        try:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+        except InvalidJobOperation:
+            if self.connection.hexists(job.key, "status"):
+                raise  # the job exists: not the late success of one finished elsewhere
+            with self.connection.pipeline() as pipeline:
+                self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+                pipeline.execute()
+            self.connection.register_script(_DELETE_STATUSLESS_JOB)(keys=[job.key])
+            log.warning("late_success_of_finished_job", job=job.id, worker=self.name,
+                        meaning="this worker's lease lapsed mid-job and another consumer finished the job; "
+                                "the outcome published here is a duplicate, and the job is not retried")
 
     def execute_job(self, job: Any, queue: Any) -> None:
         super().execute_job(job, queue)

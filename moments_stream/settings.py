@@ -102,6 +102,12 @@ DEFAULT_CONSUMER_LEASE_S = 30
 # An outcome published this long ago and still not recorded (its queue message was lost with an
 # aggregator) is recorded from the outbox.
 DEFAULT_RECOVER_AFTER_S = 30
+# A pending video that no job holds (not queued, in flight, scheduled for a retry, in rq's failed
+# registry, nor awaiting the aggregator in the outbox) for this long is enqueued again by the
+# aggregator's reconciler, at most this many times; then it is recorded failed with that reason.
+DEFAULT_RECONCILE_AFTER_S = 300
+DEFAULT_RECONCILE_ROUNDS = 3
+MAX_RECONCILE_ROUNDS = 100
 # A consumer whose storage is unreachable retries the download this long before the attempt fails
 # (and rq retries it later): an outage of the store is not the video's fault.
 DEFAULT_STORAGE_OUTAGE_S = 300
@@ -172,6 +178,8 @@ class Settings:
     results_ttl_s: int = DEFAULT_RESULTS_TTL_S
     consumer_lease_s: int = DEFAULT_CONSUMER_LEASE_S
     recover_after_s: int = DEFAULT_RECOVER_AFTER_S
+    reconcile_after_s: int = DEFAULT_RECONCILE_AFTER_S
+    reconcile_rounds: int = DEFAULT_RECONCILE_ROUNDS
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
     stop_margin_s: int = DEFAULT_STOP_MARGIN_S
     storage_outage_s: int = DEFAULT_STORAGE_OUTAGE_S
@@ -211,6 +219,8 @@ class Settings:
             results_ttl_s=_int(env, "MOMENTS_RESULTS_TTL", DEFAULT_RESULTS_TTL_S),
             consumer_lease_s=_int(env, "MOMENTS_CONSUMER_LEASE", DEFAULT_CONSUMER_LEASE_S),
             recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
+            reconcile_after_s=_int(env, "MOMENTS_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER_S),
+            reconcile_rounds=_int(env, "MOMENTS_RECONCILE_ROUNDS", DEFAULT_RECONCILE_ROUNDS),
             max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
             stop_margin_s=_int(env, "MOMENTS_STOP_MARGIN", DEFAULT_STOP_MARGIN_S),
             storage_outage_s=_int(env, "MOMENTS_STORAGE_OUTAGE", DEFAULT_STORAGE_OUTAGE_S),
@@ -248,6 +258,14 @@ class Settings:
             raise ConfigError(f"MOMENTS_PUBLISH_LINGER_MS={self.publish_linger_ms} is out of range",
                               fix=f"0 (publish each outcome at once) up to {MAX_PUBLISH_LINGER_MS}; default "
                                   f"{DEFAULT_PUBLISH_LINGER_MS}")
+        if self.reconcile_after_s < 1:
+            raise ConfigError(f"MOMENTS_RECONCILE_AFTER={self.reconcile_after_s} is too short",
+                              fix=f"seconds a pending video may have no job before it is enqueued again: at least 1; "
+                                  f"default {DEFAULT_RECONCILE_AFTER_S}")
+        if not 0 <= self.reconcile_rounds <= MAX_RECONCILE_ROUNDS:
+            raise ConfigError(f"MOMENTS_RECONCILE_ROUNDS={self.reconcile_rounds} is out of range",
+                              fix=f"times a video with no job is enqueued again before it is recorded failed: 0 up to "
+                                  f"{MAX_RECONCILE_ROUNDS}; default {DEFAULT_RECONCILE_ROUNDS}")
         if self.consumer_lease_s < 3:
             raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self

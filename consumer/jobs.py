@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from lithops.constants import LITHOPS_TEMP_DIR
 from lithops.storage.utils import StorageNoSuchKeyError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
@@ -107,21 +108,90 @@ def download(context: WorkerContext, bucket: str, key: str, directory: str) -> s
             backoff.wait(error, video=key)
 
 
+def unsafe_key_reason(bucket: str, key: str) -> str | None:
+    """Why ``bucket``/``key`` must not be read, or ``None``: a job names them, and a job is Redis
+    content, so untrusted. Lithops' localhost storage joins them to a directory, so an absolute
+    key (``/etc/passwd``) or a ``..`` segment (``../../x``) would read a file of the host."""
+    if bucket in ("", ".", "..") or "/" in bucket or "\\" in bucket:
+        return f"the bucket name {bucket!r} is not a bucket"
+    if key.startswith(("/", "\\")) or os.path.isabs(key):
+        return "the key is an absolute path"
+    if ".." in re.split(r"[/\\]", key):
+        return "the key has a '..' path segment"
+    if "\0" in key:
+        return "the key holds a NUL byte"
+    return None
+
+
+def _too_large(key: str, size: int, limit: int) -> VideoDecodeError:
+    return VideoDecodeError(key, f"{size:,} bytes, larger than the {limit:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)")
+
+
+def _unreadable(key: str, error: OSError) -> VideoDecodeError:
+    """A stored object the consumer may not read (permissions): named as such, not as missing."""
+    return VideoDecodeError(key, f"storage refused to read it ({type(error).__name__}: {error.strerror or error})")
+
+
 def download_once(context: WorkerContext, bucket: str, key: str, directory: str) -> str:
-    """Stream ``key`` of ``bucket`` into ``directory`` with a size cap; returns the local path."""
+    """Stream ``key`` of ``bucket`` into ``directory``; returns the local path.
+
+    A key that could name a host file is refused before any read (:func:`unsafe_key_reason`).
+    The object's size is checked against ``MOMENTS_MAX_VIDEO_BYTES`` before a byte of it is read
+    (a stat on localhost, a HEAD elsewhere), and again while streaming (it may be replaced
+    between the two). Localhost storage is read here in chunks, not through Lithops, whose
+    ``get_object`` reads the whole file into memory and reports every error as a missing key."""
+    reason = unsafe_key_reason(bucket, key)
+    if reason is not None:
+        raise VideoDecodeError(key, f"refused, never read: {reason}")
     limit = context.settings.max_video_bytes
     path = os.path.join(directory, safe_local_name(key))
+    if getattr(context.storage, "backend", None) == "localhost":
+        return _copy_localhost(bucket, key, path, limit)
+    head = getattr(context.storage, "head_object", None)  # every Lithops Storage has it
     try:
+        if head is not None:
+            metadata = head(bucket, key)
+            size = metadata.get("content-length") if isinstance(metadata, dict) else None
+            if size is not None and int(size) > limit:
+                raise _too_large(key, int(size), limit)
         body = context.storage.get_object(bucket, key, stream=True)
     except StorageNoSuchKeyError:
         raise VideoDecodeError(key, "the object no longer exists in storage (deleted after enqueue)") from None
-    written = 0
     with open(path, "wb") as out:
-        while chunk := body.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                raise VideoDecodeError(key, f"larger than the {limit:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)")
-            out.write(chunk)
+        _copy_capped(body, out, key, limit)
+    return path
+
+
+def _copy_capped(body: Any, out: Any, key: str, limit: int) -> None:
+    written = 0
+    while chunk := body.read(1 << 20):
+        written += len(chunk)
+        if written > limit:
+            raise VideoDecodeError(key, f"larger than the {limit:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)")
+        out.write(chunk)
+
+
+def _copy_localhost(bucket: str, key: str, path: str, limit: int) -> str:
+    """Lithops localhost storage's object (a file under its bucket directory) copied in chunks,
+    its size checked first; each error reported as what it is."""
+    root = os.path.realpath(os.path.join(LITHOPS_TEMP_DIR, bucket))
+    source = os.path.join(root, key)
+    if not os.path.realpath(source).startswith(root + os.sep):  # a symbolic link out of the bucket
+        raise VideoDecodeError(key, "refused, never read: the object links outside its bucket")
+    try:
+        body = open(source, "rb")  # noqa: SIM115 (closed below; the size is checked before reading)
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoDecodeError(key, "the object no longer exists in storage (deleted after enqueue)") from None
+    except IsADirectoryError:
+        raise VideoDecodeError(key, "the key names a folder in storage, not an object") from None
+    except PermissionError as error:
+        raise _unreadable(key, error) from None
+    with body:
+        size = os.fstat(body.fileno()).st_size
+        if size > limit:
+            raise _too_large(key, size, limit)
+        with open(path, "wb") as out:
+            _copy_capped(body, out, key, limit)
     return path
 
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
+from lithops.constants import LITHOPS_TEMP_DIR
 
 from aggregator.drain import drain
+from consumer.jobs import WorkerContext, classify_one, download_once
 from moments_stream import ledger, outcome, results
+from moments_stream.errors import VideoDecodeError
 from moments_stream.keys import Keys
+from moments_stream.settings import Settings
+from tests.instant import InstantClassifier
 
 KEYS = Keys("untrusted-test")
 MODEL = "v1-aaaaaaaaaaaa-11111111"
@@ -69,3 +78,132 @@ def test_the_envelope_reader_reads_what_lithops_writes_and_plain_values() -> Non
     assert results.read_envelope(cloudpickle.dumps(text)) == text
     assert results.read_envelope(pickle.dumps(text, protocol=2)) == text
     assert results.read_envelope(cloudpickle.dumps({"a": [1, 2.5, b"x", None]})) == {"a": [1, 2.5, b"x", None]}
+
+
+# --- storage keys and object sizes: the consumer's download --------------------------------------
+
+BUCKET = "untrusted-test"
+
+
+@pytest.fixture()
+def bucket_dir() -> Iterator[Path]:
+    root = Path(LITHOPS_TEMP_DIR) / BUCKET
+    root.mkdir(parents=True, exist_ok=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def context_for(redis_client: redis.Redis, storage: object, max_video_bytes: int = 1 << 20) -> WorkerContext:
+    settings = Settings.from_env({"MOMENTS_BUCKET": BUCKET, "MOMENTS_MAX_VIDEO_BYTES": str(max_video_bytes)})
+    queue = results.bind_results_queue(redis_client, settings.keys, expiry_s=60)
+    return WorkerContext(InstantClassifier(), redis_client, storage, queue, settings, "untrusted-test")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("video", "reason"), [
+    (f"{BUCKET}//etc/passwd", "the key is an absolute path"),
+    (f"{BUCKET}/../../../../etc/passwd", "the key has a '..' path segment"),
+    (f"{BUCKET}/videos/../../../../../etc/passwd", "the key has a '..' path segment"),
+    ("../etc/passwd", "the bucket name '..' is not a bucket"),
+])
+def test_a_key_that_names_a_host_file_fails_without_a_read(
+    redis_client: redis.Redis, bucket_dir: Path, video: str, reason: str
+) -> None:
+    from lithops import Storage
+
+    context = context_for(redis_client, Storage(backend="localhost"), max_video_bytes=1 << 30)
+    message = classify_one(context, video, "1:1")
+    assert message.outcome == "failed" and message.error is not None
+    assert "refused, never read" in message.error and reason in message.error, message.error
+    assert context.classifier.calls == {}  # type: ignore[attr-defined]
+
+
+def test_an_oversized_object_is_refused_before_a_byte_is_read(redis_client: redis.Redis, bucket_dir: Path) -> None:
+    """A 1 TiB (sparse) object under a 1 MiB limit: refused from its size alone. Read whole, as
+    Lithops' localhost get_object does, it could not even be allocated."""
+    (bucket_dir / "v").mkdir()
+    with open(bucket_dir / "v" / "huge.mp4", "wb") as huge:
+        huge.truncate(1 << 40)
+    from lithops import Storage
+
+    context = context_for(redis_client, Storage(backend="localhost"), max_video_bytes=1 << 20)
+    message = classify_one(context, f"{BUCKET}/v/huge.mp4", f"{1 << 40}:1")
+    assert message.outcome == "failed" and message.error is not None
+    assert f"{1 << 40:,} bytes, larger than the {1 << 20:,}-byte limit (MOMENTS_MAX_VIDEO_BYTES)" in message.error
+
+
+class HeadOnlyStorage:
+    """An object store that answers HEAD with a size and fails the test if the object is fetched."""
+
+    backend = "aws_s3"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def head_object(self, bucket: str, key: str) -> dict[str, str]:
+        return {"content-length": str(self.size)}
+
+    def get_object(self, bucket: str, key: str, stream: bool = False) -> object:
+        raise AssertionError(f"{key} was downloaded")
+
+
+def test_an_oversized_remote_object_is_refused_from_its_head(redis_client: redis.Redis) -> None:
+    context = context_for(redis_client, HeadOnlyStorage(5 << 20), max_video_bytes=1 << 20)
+    message = classify_one(context, f"{BUCKET}/v/big.mp4", "5:1")
+    assert message.outcome == "failed" and "MOMENTS_MAX_VIDEO_BYTES" in (message.error or ""), message.error
+
+
+def test_an_object_the_consumer_may_not_read_is_reported_as_such(redis_client: redis.Redis, bucket_dir: Path) -> None:
+    """Not as "deleted after enqueue", which Lithops' localhost get_object says of every error. As
+    root (where permissions do not stop a read), the download runs in a child that gives root up."""
+    (bucket_dir / "v").mkdir()
+    locked = bucket_dir / "v" / "locked.mp4"
+    locked.write_bytes(b"\x00" * 1000)
+    locked.chmod(0)
+    from lithops import Storage
+
+    context = context_for(redis_client, Storage(backend="localhost"))
+    target = Path(tempfile.mkdtemp())
+    target.chmod(0o777)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                download_once(context, BUCKET, "v/locked.mp4", str(target))
+                report = "downloaded"
+            except VideoDecodeError as error:
+                report = error.message
+            except BaseException as error:
+                report = f"{type(error).__name__}: {error}"
+            os.write(write_end, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(child, 0)
+    shutil.rmtree(target, ignore_errors=True)
+    assert "storage refused to read it (PermissionError" in report, report
+    assert "deleted after enqueue" not in report
+
+
+def test_a_missing_object_is_still_reported_deleted(redis_client: redis.Redis, bucket_dir: Path) -> None:
+    from lithops import Storage
+
+    context = context_for(redis_client, Storage(backend="localhost"))
+    message = classify_one(context, f"{BUCKET}/v/gone.mp4", "1:1")
+    assert "no longer exists in storage (deleted after enqueue)" in (message.error or "")
+
+
+def test_a_small_object_downloads_whole(redis_client: redis.Redis, bucket_dir: Path, tmp_path: Path) -> None:
+    from lithops import Storage
+
+    (bucket_dir / "v").mkdir()
+    (bucket_dir / "v" / "small.mp4").write_bytes(b"abc" * 1000)
+    context = context_for(redis_client, Storage(backend="localhost"), max_video_bytes=3000)
+    local = download_once(context, BUCKET, "v/small.mp4", str(tmp_path))
+    assert Path(local).read_bytes() == b"abc" * 1000

@@ -8,6 +8,7 @@ fall back to Lithops' ``list_objects``, which returns one list.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,21 @@ def _walk(directory: str) -> Iterator[os.DirEntry[str]]:
             yield entry
 
 
+def check_localhost_path(bucket: str, prefix: str) -> None:
+    """A :class:`ConfigError` for a bucket or prefix that would reach outside the bucket's directory
+    in Lithops localhost storage (``..``, an absolute path): the walk would list host files and
+    enqueue them as videos."""
+    if bucket in ("", ".", "..") or "/" in bucket or "\\" in bucket:
+        raise ConfigError(f"{bucket!r} is not a bucket name", fix="set --bucket/MOMENTS_BUCKET to a plain name")
+    if prefix.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", prefix):
+        raise ConfigError(
+            f"prefix {prefix!r} reaches outside the bucket (an absolute path or a '..' segment)",
+            fix="name a prefix inside the bucket, e.g. videos/",
+        )
+
+
 def iter_localhost(bucket: str, prefix: str) -> Iterator[StoredObject]:
+    check_localhost_path(bucket, prefix)
     root = os.path.join(LITHOPS_TEMP_DIR, bucket)
     if not os.path.isdir(root):
         raise ConfigError(

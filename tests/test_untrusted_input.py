@@ -19,9 +19,10 @@ from lithops.constants import LITHOPS_TEMP_DIR
 from aggregator.drain import drain
 from consumer.jobs import WorkerContext, classify_one, download_once
 from moments_stream import ledger, outcome, results
-from moments_stream.errors import VideoDecodeError
+from moments_stream.errors import ConfigError, VideoDecodeError
 from moments_stream.keys import Keys
 from moments_stream.settings import Settings
+from producer.listing import iter_localhost
 from tests.instant import InstantClassifier
 
 KEYS = Keys("untrusted-test")
@@ -207,3 +208,18 @@ def test_a_small_object_downloads_whole(redis_client: redis.Redis, bucket_dir: P
     context = context_for(redis_client, Storage(backend="localhost"), max_video_bytes=3000)
     local = download_once(context, BUCKET, "v/small.mp4", str(tmp_path))
     assert Path(local).read_bytes() == b"abc" * 1000
+
+
+@pytest.mark.parametrize("prefix", ["../outside-untrusted-test/", "v/../../outside-untrusted-test/"])
+def test_the_producer_lists_nothing_outside_the_bucket(bucket_dir: Path, prefix: str) -> None:
+    outside = Path(LITHOPS_TEMP_DIR) / "outside-untrusted-test"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.mp4").write_bytes(b"not yours")
+    (bucket_dir / "v").mkdir()
+    try:
+        with pytest.raises(ConfigError, match="reaches outside the bucket"):
+            list(iter_localhost(BUCKET, prefix))
+        with pytest.raises(ConfigError, match="not a bucket name"):
+            list(iter_localhost("..", "outside-untrusted-test/"))
+    finally:
+        shutil.rmtree(outside)

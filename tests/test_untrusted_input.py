@@ -19,8 +19,10 @@ from lithops.constants import LITHOPS_TEMP_DIR
 from aggregator.drain import drain
 from consumer.jobs import WorkerContext, classify_one, download_once
 from moments_stream import ledger, outcome, results
-from moments_stream.errors import ConfigError, VideoDecodeError
+from moments_stream.errors import ConfigError, RedisUnavailableError, VideoDecodeError
 from moments_stream.keys import Keys
+from moments_stream.logs import configure_logging, get_logger
+from moments_stream.redis_conn import connect, redact, redact_text
 from moments_stream.settings import Settings
 from producer.listing import iter_localhost
 from tests.instant import InstantClassifier
@@ -223,3 +225,50 @@ def test_the_producer_lists_nothing_outside_the_bucket(bucket_dir: Path, prefix:
             list(iter_localhost("..", "outside-untrusted-test/"))
     finally:
         shutil.rmtree(outside)
+
+
+# --- credentials in URLs, error messages and logs -------------------------------------------------
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:pw-secret@h:1/0", "redis://:***@h:1/0"),
+    ("redis://user:pw%40secret@h:1/0?db=1", "redis://user:***@h:1/0?db=1"),
+    ("redis://h:1/0?password=pw-secret&db=2", "redis://h:1/0?password=***&db=2"),
+    ("rediss://h:6380/0?ssl_ca_certs=/ca.pem&ssl_password=pw-secret", "rediss://h:6380/0?ssl_ca_certs=/ca.pem&ssl_password=***"),
+    ("unix:///run/redis.sock?db=0&password=pw-secret", "unix:///run/redis.sock?db=0&password=***"),
+    ("redis://user@h:1/0", "redis://user@h:1/0"),
+])
+def test_every_credential_form_is_redacted(url: str, shown: str) -> None:
+    assert redact(url) == shown
+    assert redact_text(f"failed: {url} (retrying)") == f"failed: {shown} (retrying)"
+
+
+def test_connection_errors_never_show_the_password(tmp_path: Path) -> None:
+    from tests.redis_server import free_port, running_redis
+
+    with pytest.raises(RedisUnavailableError) as refused:
+        connect(f"redis://127.0.0.1:{free_port()}/0?password=pw-secret-1")
+    assert "password=***" in str(refused.value) and "pw-secret-1" not in str(refused.value)
+    with running_redis(tmp_path / "redis", password="right-password") as good_url:
+        port = good_url.rsplit(":", 1)[1].split("/")[0]
+        for url in (f"redis://127.0.0.1:{port}/0?password=pw-secret-2", f"redis://:pw-secret-2@127.0.0.1:{port}/0"):
+            with pytest.raises(RedisUnavailableError, match="refused the credentials") as wrong:
+                connect(url)
+            assert "pw-secret-2" not in str(wrong.value) and "***" in str(wrong.value)
+        connect(f"redis://127.0.0.1:{port}/0?password=right-password").ping()
+
+
+def test_logs_never_show_a_password(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    configure_logging(json_logs=True)
+    log = get_logger("untrusted-test")
+    log.warning("redis_lost", url="redis://h:1/0?password=pw-secret-3", urls=["redis://:pw-secret-4@h/0"])
+    try:
+        raise ConnectionError("lost rediss://:pw-secret-5@h:6380/0")
+    except ConnectionError:
+        log.exception("with_traceback")
+    logging.getLogger("lithops").warning("connecting to %s", "redis://h/0?password=pw-secret-6")
+    err = capsys.readouterr().err  # structlog's events; stdlib records reach the root's handlers (pytest's here)
+    assert "redis_lost" in err and "with_traceback" in err and "redis://:***@h/0" in err
+    assert "pw-secret" not in err, err
+    assert caplog.messages == ["connecting to redis://h/0?password=***"]

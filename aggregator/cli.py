@@ -21,6 +21,7 @@ from moments_stream.results import open_results_queue
 from .counts import counts_document, format_counts
 from .drain import drain
 from .export import FORMATS, export_rows, write_file, write_rows
+from .reconcile import ReconcileReport, reconcile, reconcile_interval_s
 from .status import format_status, status_document
 
 log = get_logger(__name__)
@@ -42,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop, "aggregator_stopping")
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
+    reconciled = ReconcileReport()
     report = drain(
         client,
         settings.keys,
@@ -49,11 +51,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         idle_exit_s=args.idle_exit,
         stop_event=stop,
         recover_after_s=settings.recover_after_s,
+        reconcile=lambda drained: reconcile(client, settings, drain_report=drained, report=reconciled),
+        reconcile_every_s=reconcile_interval_s(settings),
     )
     print(
         f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, stale {report.stale}, "
         f"recovered from outbox {report.recovered}, dead letters {report.dead_letters}, "
-        f"left for a newer aggregator {report.newer_schema}"
+        f"left for a newer aggregator {report.newer_schema}, "
+        f"reconciled: requeued {reconciled.requeued}, failed {reconciled.failed}"
     )
     return 0
 

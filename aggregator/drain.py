@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,14 +129,20 @@ def drain(
     stop_event: threading.Event | None = None,
     poll_s: float = 1.0,
     recover_after_s: float = DEFAULT_RECOVER_AFTER_S,
+    reconcile: Callable[[DrainReport], object] | None = None,
+    reconcile_every_s: float = 5.0,
 ) -> DrainReport:
     """Apply messages until stopped, or (with ``idle_exit_s``) until nothing has arrived for that
-    long and no video is pending. Rides out Redis outages with back-off."""
+    long and no video is pending. ``reconcile`` (the reconciler's round, ``aggregator.reconcile``)
+    runs every ``reconcile_every_s``, busy or idle. Rides out Redis outages with back-off."""
     report = DrainReport()
-    last_arrival = last_recovery = time.monotonic()
+    last_arrival = last_recovery = last_reconcile = time.monotonic()
     backoff = Backoff()
     while not (stop_event is not None and stop_event.is_set()):
         try:
+            if reconcile is not None and time.monotonic() - last_reconcile >= reconcile_every_s:
+                reconcile(report)
+                last_reconcile = time.monotonic()
             raws = results.receive_batch(client, keys, queue, poll_s, max_messages=ledger.MAX_BATCH)
             if not raws:
                 now = time.monotonic()

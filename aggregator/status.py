@@ -20,6 +20,8 @@ from moments_stream.queues import JOB_SERIALIZER, job_videos, video_queue
 from moments_stream.redis_conn import text
 from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
 
+from . import reconcile
+
 
 def redis_now(client: redis.Redis) -> float:
     """Redis' clock, the one the ledger stamps finishes with (consumers' clocks may differ)."""
@@ -128,6 +130,8 @@ def status_document(client: redis.Redis, settings: Settings, model_id: str | Non
         "workers_alive": len(live),
         "workers": live,
         "counted_by_model": counted_by_model,
+        # the reconciler: videos it enqueued again or recorded failed, ever; those it watches now
+        "reconciled": reconcile.totals(client, keys),
         "redis_time": round(now, 3),
     }
 
@@ -160,6 +164,8 @@ def format_status(document: dict[str, Any]) -> str:
         f"throughput   {document['finished_last_minute']} videos in the last {THROUGHPUT_WINDOW_S} s "
         f"({document['throughput_per_s']:.2f}/s)",
         f"ETA          {_duration(document['eta_s'])}",
+        f"reconciled   requeued {document['reconciled']['requeued']}, failed {document['reconciled']['failed']} "
+        f"(pending with no job anywhere; {document['reconciled']['watched']} watched now)",
         f"workers      {document['workers_alive']} alive",
     ]
     for worker in document["workers"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ import redis
 
 from .errors import ConfigError
 from .keys import Keys
-from .outcome import VideoOutcome
+from .outcome import VideoOutcome, outbox_field, outbox_prefix
 from .redis_conn import text
 from .settings import RECENT_WINDOW_S
 
@@ -31,20 +32,29 @@ class RecordResult(enum.Enum):
 
 
 # One script records a batch of outcomes (an aggregator's whole read), each exactly as alone:
-# batching saves round trips and the per-call cost, never a check. Per outcome: drop a stale
-# version; clear this version's outbox entry and its pending entry, the latter only when the job was
+# batching saves round trips and the per-call cost, never a check. Per outcome: clear its own outbox
+# entry (keyed by video, version and model; an entry of a release before keyed by the video alone
+# when it is this very outcome's); drop a stale version; clear its pending entry, only when the job was
 # for any model or for this one (a --reclassify waits for the new model's outcome); then count a
 # prediction once (moving a replaced file's count from its old top-1) or mark a failure unless this
 # very version was counted. Once per batch: the finishes (Redis clock) for throughput, trimmed to the
 # window, and the models that counted.
 # KEYS: seen, outbox, pending, failed, models, recent, then a (predictions, counts) pair per model.
-# ARGV: recent window, then 7 per outcome: kind ("p" prediction, "f" failure), video, fingerprint,
-# model id, index in KEYS of its model's predictions key, top-1 ("" for a failure), record JSON.
+# ARGV: recent window, then 9 per outcome: kind ("p" prediction, "f" failure), video, fingerprint,
+# model id, index in KEYS of its model's predictions key, top-1 ("" for a failure), record JSON, its
+# outbox field, the model id it was published with ("" for none).
 # A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
 _RECORD_BATCH = """
-local function settled(video, fingerprint, model)
-  local outboxed = redis.call('HGET', KEYS[2], video)
-  if outboxed and cjson.decode(outboxed)['fingerprint'] == fingerprint then redis.call('HDEL', KEYS[2], video) end
+local function settled(video, fingerprint, model, outbox_field, published_model)
+  redis.call('HDEL', KEYS[2], outbox_field)
+  local legacy = redis.call('HGET', KEYS[2], video)
+  if legacy then
+    local readable, entry = pcall(cjson.decode, legacy)
+    if readable and type(entry) == 'table' and entry['fingerprint'] == fingerprint
+        and (entry['model_id'] or '') == published_model then
+      redis.call('HDEL', KEYS[2], video)
+    end
+  end
   local latest = redis.call('HGET', KEYS[1], video)
   if latest and latest ~= fingerprint then return false end
   local waiting = redis.call('HGET', KEYS[3], video)
@@ -86,11 +96,11 @@ end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local results, finished, counting_models = {}, {}, {}
-for i = 2, #ARGV, 7 do
+for i = 2, #ARGV, 9 do
   local kind, video, fingerprint, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local index = tonumber(ARGV[i + 4])
   local result = -1
-  if settled(video, fingerprint, model) then
+  if settled(video, fingerprint, model, ARGV[i + 7], ARGV[i + 8]) then
     if kind == 'p' then
       result = count_prediction(video, fingerprint, KEYS[index], KEYS[index + 1], ARGV[i + 5], ARGV[i + 6])
       if result == 1 then counting_models[model] = true end
@@ -136,7 +146,8 @@ def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcom
                 model_index[model_id] = len(script_keys) + 1  # Lua indexes from 1
                 script_keys += [keys.predictions(model_id), keys.counts(model_id)]
             args += ["p" if outcome.counted else "f", outcome.video, outcome.fingerprint, model_id,
-                     model_index[model_id], outcome.top1 if outcome.counted else "", outcome.encode()]
+                     model_index[model_id], outcome.top1 if outcome.counted else "", outcome.encode(),
+                     outcome.outbox_field, outcome.model_id or ""]
         recorded += [RecordResult(int(code)) for code in script(keys=script_keys, args=args)]
     return recorded
 
@@ -149,7 +160,7 @@ def record(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> RecordResu
 def stage_in_outbox(client: redis.Redis, keys: Keys, outcome: VideoOutcome) -> VideoOutcome:
     """Leave an outcome in the outbox (durable until recorded); returns it stamped with the time."""
     outcome = outcome.published(time.time())
-    client.hset(keys.outbox(), outcome.video, outcome.encode())
+    client.hset(keys.outbox(), outcome.outbox_field, outcome.encode())
     return outcome
 
 
@@ -162,16 +173,37 @@ def unfinished(client: redis.Redis, keys: Keys, videos: dict[str, str], model_id
     names = list(videos)
     with client.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.pending(), names)
-        pipe.hmget(keys.outbox(), names)
-        waiting, published = pipe.execute()
+        pipe.hmget(keys.outbox(), names)  # entries of a release before, keyed by the video alone
+        if model_id is not None:
+            pipe.hmget(keys.outbox(), [outbox_field(video, videos[video], model_id) for video in names])
+        waiting, legacy, *exact = pipe.execute()
     left = {}
-    for video, entry, outboxed in zip(names, waiting, published, strict=True):
-        if entry is None or pending_fingerprint(text(entry)) != videos[video]:
+    for index, (video, entry, outboxed) in enumerate(zip(names, waiting, legacy, strict=True)):
+        fingerprint = videos[video]
+        if entry is None or pending_fingerprint(text(entry)) != fingerprint:
             continue  # recorded, or a newer version was enqueued with its own job
-        if outboxed is not None and _published_for(json.loads(outboxed), videos[video], model_id):
+        if outboxed is not None and _published_for(_json_object(outboxed), fingerprint, model_id):
             continue
-        left[video] = videos[video]
+        if model_id is not None and exact[0][index] is not None:
+            continue
+        if model_id is None and _published_by_any_model(client, keys, video, fingerprint):
+            continue
+        left[video] = fingerprint
     return left
+
+
+def _published_by_any_model(client: redis.Redis, keys: Keys, video: str, fingerprint: str) -> bool:
+    """Whether the outbox holds an outcome of this version of ``video``, of any model."""
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", outbox_prefix(video, fingerprint)) + "*"
+    return any(True for _ in client.hscan_iter(keys.outbox(), match=pattern, count=1000))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def pending_fingerprint(entry: str) -> str:
@@ -186,19 +218,21 @@ def _published_for(outboxed: dict[str, Any], fingerprint: str, model_id: str | N
 def unrecorded_outcomes(
     client: redis.Redis, keys: Keys, older_than_s: float, now: float | None = None
 ) -> Iterator[tuple[str, bytes]]:
-    """Outbox entries (video, raw JSON) published more than ``older_than_s`` ago and still not recorded."""
+    """Outbox entries (field, raw JSON) published more than ``older_than_s`` ago and still not
+    recorded. The field is :func:`outcome.outbox_field` (the video alone for a release before)."""
     cutoff = (time.time() if now is None else now) - older_than_s
-    for video, raw in client.hscan_iter(keys.outbox(), count=500):
+    for name, raw in client.hscan_iter(keys.outbox(), count=500):
         try:
             published_at = json.loads(raw).get("published_at", 0)
         except (ValueError, AttributeError):
             published_at = 0  # unreadable: handed over for the caller to judge now
         if not isinstance(published_at, int | float) or published_at <= cutoff:
-            yield text(video), raw
+            yield text(name), raw
 
 
-def drop_from_outbox(client: redis.Redis, keys: Keys, video: str) -> None:
-    client.hdel(keys.outbox(), video)
+def drop_from_outbox(client: redis.Redis, keys: Keys, field: str) -> None:
+    """Remove one outbox entry, named by its field (:func:`unrecorded_outcomes`)."""
+    client.hdel(keys.outbox(), field)
 
 
 def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:

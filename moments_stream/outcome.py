@@ -74,6 +74,11 @@ class VideoOutcome:
     def top1(self) -> str:
         return self.top5[0][0]
 
+    @property
+    def outbox_field(self) -> str:
+        """The outbox field this outcome waits under (:func:`outbox_field`)."""
+        return outbox_field(self.video, self.fingerprint, self.model_id)
+
     def published(self, at: float) -> VideoOutcome:
         return dataclasses.replace(self, published_at=at)
 
@@ -126,6 +131,18 @@ class VideoOutcome:
         except ValueError as error:
             raise InvalidOutcome(f"payload is not JSON ({error})") from None
         return cls.from_json(document)
+
+
+def outbox_field(video: str, fingerprint: str, model_id: str | None) -> str:
+    """The outbox field of an outcome: its video, version and model together (a JSON array), so the
+    outcomes of two versions, or of two models, of one video wait side by side and never overwrite
+    each other. Releases before this keyed the outbox by the video alone; the ledger clears both."""
+    return json.dumps([video, fingerprint, model_id or ""])
+
+
+def outbox_prefix(video: str, fingerprint: str) -> str:
+    """What every :func:`outbox_field` of this video's version, whatever the model, starts with."""
+    return json.dumps([video, fingerprint])[:-1] + ", "
 
 
 def _top_k(value: object) -> TopK:

@@ -180,7 +180,9 @@ def publish_many(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome]) 
         return
     now = time.time()
     texts = [outcome.published(now).encode() for outcome in outcomes]
-    outbox_fields = [field for outcome, text in zip(outcomes, texts, strict=True) for field in (outcome.video, text)]
+    outbox_fields = [
+        field for outcome, text in zip(outcomes, texts, strict=True) for field in (outcome.outbox_field, text)
+    ]
     with client.pipeline(transaction=False) as pipe:  # Redis runs them in order: the outbox entries first
         pipe.hset(keys.outbox(), items=outbox_fields)
         pipe.rpush(keys.results_list(), *(cloudpickle.dumps(text) for text in texts))

@@ -225,7 +225,8 @@ def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: r
 def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis) -> None:
     results.publish(redis_client, KEYS, results_queue(redis_client), prediction("a.mp4", "juggling"))
     assert list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=60)) == []
-    assert [video for video, _ in ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0)] == ["a.mp4"]
+    entries = list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0))
+    assert [VideoOutcome.decode(raw).video for _, raw in entries] == ["a.mp4"]
 
 
 def test_sorted_counts() -> None:

@@ -1,0 +1,84 @@
+"""Exactly-once holes found in review (issue 23), each against a real Redis, the real ledger script
+and, where a job runs, a real rq worker: every enqueued video ends counted once or failed, never in
+both states and never in neither."""
+
+from __future__ import annotations
+
+import redis
+
+from aggregator.drain import DrainReport, recover_unrecorded
+from moments_stream import ledger, results
+from moments_stream.keys import Keys
+from moments_stream.outcome import VideoOutcome, counted, failed
+from moments_stream.videos import pending_entry
+
+KEYS = Keys()
+MODEL_A = "v1-aaaaaaaaaaaa-11111111"
+MODEL_B = "v1-bbbbbbbbbbbb-22222222"
+
+
+def prediction(video: str, top1: str, fingerprint: str, model_id: str = MODEL_A) -> VideoOutcome:
+    return counted(video, fingerprint, model_id, [(top1, 0.9), ("other", 0.1)])
+
+
+def enqueued(client: redis.Redis, video: str, fingerprint: str, model_id: str | None = None) -> None:
+    """What the producer leaves for one video (seen and pending), without a job."""
+    client.hset(KEYS.seen(), video, fingerprint)
+    client.hset(KEYS.pending(), video, pending_entry(fingerprint, model_id))
+
+
+def aggregator_dies_holding_every_message(client: redis.Redis) -> None:
+    client.delete(KEYS.results_list())
+
+
+# Finding 3 ------------------------------------------------------------------------------------------
+
+
+def test_outbox_entries_of_two_versions_and_two_models_never_overwrite_each_other(redis_client: redis.Redis) -> None:
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=3600)
+    # b/x.mp4 was replaced (version 2): its live outcome, then a late one of version 1
+    enqueued(redis_client, "b/x.mp4", "2:2")
+    results.publish(redis_client, KEYS, queue, prediction("b/x.mp4", "juggling", "2:2"))
+    results.publish(redis_client, KEYS, queue, prediction("b/x.mp4", "running", "1:1"))
+    # b/y.mp4 is reclassified for model B: B's outcome, then one of a consumer still running model A
+    enqueued(redis_client, "b/y.mp4", "1:1", MODEL_B)
+    results.publish(redis_client, KEYS, queue, prediction("b/y.mp4", "dancing", "1:1", MODEL_B))
+    results.publish(redis_client, KEYS, queue, prediction("b/y.mp4", "cooking", "1:1", MODEL_A))
+    assert redis_client.hlen(KEYS.outbox()) == 4
+
+    # a retried batch sees what is published: any model's for a job of any model, the named one's else
+    assert ledger.unfinished(redis_client, KEYS, {"b/x.mp4": "2:2", "b/y.mp4": "1:1"}, None) == {}
+    assert ledger.unfinished(redis_client, KEYS, {"b/y.mp4": "1:1"}, MODEL_B) == {}
+    assert ledger.unfinished(redis_client, KEYS, {"b/x.mp4": "2:2"}, MODEL_B) == {"b/x.mp4": "2:2"}
+
+    aggregator_dies_holding_every_message(redis_client)
+    report = DrainReport()
+    recover_unrecorded(redis_client, KEYS, 0, report)
+
+    assert (report.recovered, report.counted, report.stale) == (4, 3, 1)
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert redis_client.hlen(KEYS.outbox()) == 0
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1, "cooking": 1}
+    assert ledger.counts(redis_client, KEYS, MODEL_B) == {"dancing": 1}
+
+
+def test_an_outbox_entry_of_the_release_before_is_still_recovered_and_cleared(redis_client: redis.Redis) -> None:
+    """Entries keyed by the video alone (consumers of the release before) are recovered, and the
+    ledger clears them when their outcome is recorded from the queue."""
+    enqueued(redis_client, "b/old.mp4", "1:1")
+    enqueued(redis_client, "b/queued.mp4", "1:1")
+    for outcome in (prediction("b/old.mp4", "juggling", "1:1"), prediction("b/queued.mp4", "running", "1:1")):
+        redis_client.hset(KEYS.outbox(), outcome.video, outcome.published(1.0).encode())
+    recorded = ledger.record(redis_client, KEYS, prediction("b/queued.mp4", "running", "1:1"))
+    assert recorded is ledger.RecordResult.RECORDED
+    assert redis_client.hkeys(KEYS.outbox()) == [b"b/old.mp4"]
+    recover_unrecorded(redis_client, KEYS, 0, DrainReport())
+    assert ledger.pending_count(redis_client, KEYS) == 0 and redis_client.hlen(KEYS.outbox()) == 0
+
+
+def test_a_failure_without_a_model_leaves_the_outbox_when_recorded(redis_client: redis.Redis) -> None:
+    enqueued(redis_client, "b/bad.mp4", "1:1")
+    ledger.stage_in_outbox(redis_client, KEYS, failed("b/bad.mp4", "1:1", "cannot decode"))
+    recover_unrecorded(redis_client, KEYS, 0, DrainReport())
+    assert redis_client.hlen(KEYS.outbox()) == 0 and ledger.pending_count(redis_client, KEYS) == 0
+    assert redis_client.hexists(KEYS.failed(), "b/bad.mp4")

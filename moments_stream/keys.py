@@ -64,7 +64,8 @@ class Keys:
         return self._key("failed")
 
     def outbox(self) -> str:
-        """Hash: video id -> JSON outcome a consumer published and the aggregator has not recorded yet.
+        """Hash: ``[video id, fingerprint, model id]`` (JSON, ``outcome.outbox_field``) -> JSON outcome a
+        consumer published and the aggregator has not recorded yet (one entry per version and model).
 
         Written before the message goes on the lithops Queue and cleared by the ledger when it is
         recorded, so a message popped by an aggregator that then died is recovered from here.

@@ -23,7 +23,7 @@ from moments_stream.logs import configure_logging, get_logger
 from moments_stream.queues import JOB_SERIALIZER, video_queue
 from moments_stream.redis_conn import REDIS_OUTAGE, connect
 from moments_stream.results import open_results_queue
-from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, Settings, cache_dir_from
+from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, WORKER_MODEL_FIELD, Settings, cache_dir_from
 
 from .classify import load_classifier
 from .jobs import WorkerContext, bind_context, current_context_or_none
@@ -91,6 +91,14 @@ class ConsumerWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
             super()._install_signal_handlers()
+
+    def serialize(self) -> dict:
+        """rq's worker hash, and the model this consumer runs (``aggregator check`` reads it)."""
+        data = super().serialize()
+        context = current_context_or_none()
+        if context is not None:
+            data[WORKER_MODEL_FIELD] = context.classifier.model_id
+        return data
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # Every heartbeat (rq's own and the lease thread's) sets the same short lease, so the

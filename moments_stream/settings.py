@@ -303,5 +303,8 @@ class Settings:
 # torch: enqueueing must stay light.
 CLASSIFY_JOB = "consumer.jobs.classify_videos"
 FAILURE_CALLBACK = "consumer.jobs.on_job_failure"
+# The field of a consumer's rq worker hash that names the model it runs (`aggregator check` finds
+# jobs for a model no live consumer runs); it expires with the worker's lease.
+WORKER_MODEL_FIELD = "moments_model"
 # rq retries a failed attempt after these many seconds (then gives up: failed registry).
 RETRY_INTERVALS_S = (5, 30)

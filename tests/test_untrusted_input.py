@@ -26,6 +26,13 @@ from moments_stream.redis_conn import connect, redact, redact_text
 from moments_stream.settings import Settings
 from producer.listing import iter_localhost
 from tests.instant import InstantClassifier
+from tests.redis_server import (
+    TLS_CAPABLE_BINARY,
+    RedisServer,
+    make_tls_files,
+    running_redis,
+    tls_capable_server_available,
+)
 
 KEYS = Keys("untrusted-test")
 MODEL = "v1-aaaaaaaaaaaa-11111111"
@@ -243,7 +250,7 @@ def test_every_credential_form_is_redacted(url: str, shown: str) -> None:
 
 
 def test_connection_errors_never_show_the_password(tmp_path: Path) -> None:
-    from tests.redis_server import free_port, running_redis
+    from tests.redis_server import free_port
 
     with pytest.raises(RedisUnavailableError) as refused:
         connect(f"redis://127.0.0.1:{free_port()}/0?password=pw-secret-1")
@@ -272,3 +279,49 @@ def test_logs_never_show_a_password(capsys: pytest.CaptureFixture[str], caplog: 
     assert "redis_lost" in err and "with_traceback" in err and "redis://:***@h/0" in err
     assert "pw-secret" not in err, err
     assert caplog.messages == ["connecting to redis://h/0?password=***"]
+
+
+# --- TLS: the server's certificate must name the host ---------------------------------------------
+
+class ImpostorServer(RedisServer):
+    """A TLS Redis whose certificate names another host; the harness (start, stop) reaches it
+    without the host name check, the test with it."""
+
+    @property
+    def strict_url(self) -> str:
+        return super().url
+
+    @property
+    def url(self) -> str:
+        return super().url + "&ssl_check_hostname=false"
+
+
+@pytest.mark.skipif(not tls_capable_server_available(), reason=f"needs a TLS-capable {TLS_CAPABLE_BINARY}")
+def test_a_tls_server_whose_certificate_names_another_host_is_refused(tmp_path: Path) -> None:
+    """A certificate the CA signed, for another host: the connection is refused, by our connect and
+    by a plain redis-py client of the release pyproject requires (Lithops builds its own)."""
+    impostor = ImpostorServer(tmp_path / "redis", tls=make_tls_files(tmp_path / "impostor", "redis.example.org"))
+    impostor.start()
+    try:
+        url = impostor.strict_url
+        with pytest.raises(RedisUnavailableError, match=r"(?i)certificate") as refused:
+            connect(url)
+        assert "doesn't match" in str(refused.value) or "mismatch" in str(refused.value), refused.value
+        with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
+            redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+        assert redis.Redis.from_url(impostor.url).ping()  # the server is up: only the name is wrong
+    finally:
+        impostor.stop()
+    genuine = make_tls_files(tmp_path / "genuine")  # names 127.0.0.1: the same set-up connects
+    with running_redis(tmp_path / "redis-genuine", tls=genuine) as url:
+        assert connect(url).ping()
+
+
+def test_pyproject_requires_a_redis_py_that_checks_tls_host_names() -> None:
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (spec,) = [Requirement(line).specifier for line in project["project"]["dependencies"]
+               if Requirement(line).name == "redis"]
+    assert not spec.contains("5.3.1") and spec.contains("6.0.0")

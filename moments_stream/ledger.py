@@ -37,9 +37,12 @@ class RecordResult(enum.Enum):
 # when it is this very outcome's); drop a stale version; clear its pending entry, only when the job was
 # for any model or for this one (a --reclassify waits for the new model's outcome); then count a
 # prediction once (moving a replaced file's count from its old top-1) or mark a failure unless this
-# very version was counted. Once per batch: the finishes (Redis clock) for throughput, trimmed to the
+# very version was counted: the failure of the version last enqueued retracts an older version's
+# prediction and count under every model, so a replaced file whose new version fails is failed
+# only, never counted and failed at once. Once per batch: the finishes (Redis clock) for throughput, trimmed to the
 # window, and the models that counted.
-# KEYS: seen, outbox, pending, failed, models, recent, then a (predictions, counts) pair per model.
+# KEYS: seen, outbox, pending, failed, models, recent, then a (predictions, counts) pair per model:
+# the batch's, and every model that has counted when the batch holds a failure.
 # ARGV: recent window, then 9 per outcome: kind ("p" prediction, "f" failure), video, fingerprint,
 # model id, index in KEYS of its model's predictions key, top-1 ("" for a failure), record JSON, its
 # outbox field, the model id it was published with ("" for none).
@@ -89,6 +92,17 @@ end
 local function mark_failed(video, fingerprint, predictions, record)
   local current = redis.call('HGET', predictions, video)
   if current and cjson.decode(current)['fingerprint'] == fingerprint then return 0 end
+  for k = 7, #KEYS, 2 do
+    local counted = redis.call('HGET', KEYS[k], video)
+    if counted then
+      local old = cjson.decode(counted)
+      if old['fingerprint'] ~= fingerprint then
+        local old_top1 = old['top5'][1][1]
+        if redis.call('HINCRBY', KEYS[k + 1], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[k + 1], old_top1) end
+        redis.call('HDEL', KEYS[k], video)
+      end
+    end
+  end
   redis.call('HSET', KEYS[4], video, record)
   return 1
 end
@@ -140,6 +154,12 @@ def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcom
         script_keys = [keys.seen(), keys.outbox(), keys.pending(), keys.failed(), keys.models(), keys.recent()]
         model_index: dict[str, int] = {}
         args: list[Any] = [RECENT_WINDOW_S]
+        if any(not outcome.counted for outcome in batch):
+            # A failure retracts an older version's prediction under every model that counted it; a
+            # prediction counted before the failure's version was enqueued has its model here already.
+            for model_id in known_models(client, keys):
+                model_index[model_id] = len(script_keys) + 1
+                script_keys += [keys.predictions(model_id), keys.counts(model_id)]
         for outcome in batch:
             model_id = outcome.model_id or (fallback_model if not outcome.counted else "") or ""
             if model_id not in model_index:

@@ -82,3 +82,58 @@ def test_a_failure_without_a_model_leaves_the_outbox_when_recorded(redis_client:
     recover_unrecorded(redis_client, KEYS, 0, DrainReport())
     assert redis_client.hlen(KEYS.outbox()) == 0 and ledger.pending_count(redis_client, KEYS) == 0
     assert redis_client.hexists(KEYS.failed(), "b/bad.mp4")
+
+
+# Finding 8 ------------------------------------------------------------------------------------------
+
+
+def states(client: redis.Redis, video: str) -> dict[str, bool]:
+    return {
+        "pending": bool(client.hexists(KEYS.pending(), video)),
+        "failed": bool(client.hexists(KEYS.failed(), video)),
+        **{model: bool(client.hexists(KEYS.predictions(model), video)) for model in (MODEL_A, MODEL_B)},
+    }
+
+
+def test_a_failing_replacement_retracts_the_old_versions_prediction_and_count(redis_client: redis.Redis) -> None:
+    enqueued(redis_client, "b/v.mp4", "1:1")
+    enqueued(redis_client, "b/w.mp4", "1:1")
+    for video in ("b/v.mp4", "b/w.mp4"):
+        assert ledger.record(redis_client, KEYS, prediction(video, "juggling", "1:1")) is ledger.RecordResult.RECORDED
+    enqueued(redis_client, "b/v.mp4", "1:1", MODEL_B)  # a reclassify: model B counts version 1 too
+    ledger.record(redis_client, KEYS, prediction("b/v.mp4", "running", "1:1", MODEL_B))
+
+    enqueued(redis_client, "b/v.mp4", "2:2")  # the file is replaced; its new version cannot be decoded
+    failure = failed("b/v.mp4", "2:2", "cannot decode", model_id=MODEL_A)
+    assert ledger.record(redis_client, KEYS, failure) is ledger.RecordResult.RECORDED
+
+    assert states(redis_client, "b/v.mp4") == {"pending": False, "failed": True, MODEL_A: False, MODEL_B: False}
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1}  # b/w.mp4 only
+    assert ledger.counts(redis_client, KEYS, MODEL_B) == {}
+    # the same failure again, or a late one of the old version, changes nothing
+    assert ledger.record(redis_client, KEYS, failure) is ledger.RecordResult.RECORDED
+    assert ledger.record(redis_client, KEYS, failed("b/v.mp4", "1:1", "late")) is ledger.RecordResult.STALE
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1}
+
+    # the new version counted later (a requeue): counted only, its failure cleared
+    enqueued(redis_client, "b/v.mp4", "2:2")
+    ledger.record(redis_client, KEYS, prediction("b/v.mp4", "dancing", "2:2"))
+    assert states(redis_client, "b/v.mp4") == {"pending": False, "failed": False, MODEL_A: True, MODEL_B: False}
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1, "dancing": 1}
+
+
+def test_a_failure_retracts_an_old_version_of_a_model_outside_its_batch(
+    redis_client: redis.Redis,
+) -> None:
+    enqueued(redis_client, "b/v.mp4", "1:1")
+    late = failed("b/v.mp4", "1:1", "a late failure of the counted version", model_id=MODEL_A)
+    batch = [prediction("b/v.mp4", "juggling", "1:1"), late]
+    # a failure of the very version counted is ignored: counted stays counted
+    recorded = ledger.record_batch(redis_client, KEYS, batch)
+    assert recorded == [ledger.RecordResult.RECORDED, ledger.RecordResult.DUPLICATE]
+    assert states(redis_client, "b/v.mp4") == {"pending": False, "failed": False, MODEL_A: True, MODEL_B: False}
+    enqueued(redis_client, "b/v.mp4", "2:2")
+    batch = [failed("b/v.mp4", "2:2", "cannot decode", model_id=MODEL_B)]  # no model of the batch counted it
+    assert ledger.record_batch(redis_client, KEYS, batch) == [ledger.RecordResult.RECORDED]
+    assert states(redis_client, "b/v.mp4") == {"pending": False, "failed": True, MODEL_A: False, MODEL_B: False}
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {}

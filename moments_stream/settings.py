@@ -68,6 +68,10 @@ DEFAULT_BUCKET = "moments-stream"
 DEFAULT_VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
 # Refuse to download or decode absurd inputs rather than exhausting a function's memory.
 DEFAULT_MAX_VIDEO_BYTES = 2 * 1024**3
+# Frames of at most this many pixels are decoded: the largest picture an H.264 or HEVC level 6.2
+# decoder must take (8192x4352, 8K UHD's 7680x4320 included), about 53 MB a YUV frame, 1 GB or
+# so with the frames FFmpeg holds while decoding; a larger stream is refused before decoding.
+DEFAULT_MAX_FRAME_PIXELS = 8192 * 4352
 # The queue of videos that consumers pull from (an rq queue, so `rq info` shows it): named after
 # the namespace, ``<namespace>-videos``, unless MOMENTS_QUEUE names another.
 QUEUE_NAME_SUFFIX = "-videos"
@@ -181,6 +185,7 @@ class Settings:
     reconcile_after_s: int = DEFAULT_RECONCILE_AFTER_S
     reconcile_rounds: int = DEFAULT_RECONCILE_ROUNDS
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     stop_margin_s: int = DEFAULT_STOP_MARGIN_S
     storage_outage_s: int = DEFAULT_STORAGE_OUTAGE_S
     # Tests only: a directory where a consumer stops before publishing the outcome of a video that
@@ -222,6 +227,7 @@ class Settings:
             reconcile_after_s=_int(env, "MOMENTS_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER_S),
             reconcile_rounds=_int(env, "MOMENTS_RECONCILE_ROUNDS", DEFAULT_RECONCILE_ROUNDS),
             max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
+            max_frame_pixels=_int(env, "MOMENTS_MAX_FRAME_PIXELS", DEFAULT_MAX_FRAME_PIXELS),
             stop_margin_s=_int(env, "MOMENTS_STOP_MARGIN", DEFAULT_STOP_MARGIN_S),
             storage_outage_s=_int(env, "MOMENTS_STORAGE_OUTAGE", DEFAULT_STORAGE_OUTAGE_S),
             test_barrier_dir=env.get("MOMENTS_TEST_BARRIER_DIR") or None,
@@ -266,6 +272,9 @@ class Settings:
             raise ConfigError(f"MOMENTS_RECONCILE_ROUNDS={self.reconcile_rounds} is out of range",
                               fix=f"times a video with no job is enqueued again before it is recorded failed: 0 up to "
                                   f"{MAX_RECONCILE_ROUNDS}; default {DEFAULT_RECONCILE_ROUNDS}")
+        if self.max_frame_pixels < 1:
+            raise ConfigError(f"MOMENTS_MAX_FRAME_PIXELS={self.max_frame_pixels} is out of range",
+                              fix=f"pixels a frame may have (width x height); default {DEFAULT_MAX_FRAME_PIXELS:,} (8K)")
         if self.consumer_lease_s < 3:
             raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self

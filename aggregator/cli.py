@@ -18,6 +18,7 @@ from moments_stream.embedded_redis import ensure_redis
 from moments_stream.logs import get_logger
 from moments_stream.results import open_results_queue
 
+from .check import check_document, format_check
 from .counts import counts_document, format_counts
 from .drain import drain
 from .export import FORMATS, export_rows, write_file, write_rows
@@ -81,6 +82,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return show(lambda: format_status(status_document(client, settings, args.model_id)), args)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    document = check_document(client, settings)
+    print(json.dumps(document) if args.json else format_check(document))
+    return 0 if document["clean"] else 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = ensure_redis(settings)
@@ -114,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = add_command(sub, cmd_status, "status", help="pending, in flight, counted, failed, workers, ETA",
                          redis=True)
     add_view_options(status, "one JSON object with every figure (README: Watching a run)")
+    check = add_command(sub, cmd_check, "check", help="audit the namespace: list every invariant that does not hold "
+                        "(exit 1 if any)", redis=True)
+    check.add_argument("--json", action="store_true", help="one JSON object: clean, problems")
     export = add_command(sub, cmd_export, "export", help="one row per video: top-5, model, worker, timings",
                          redis=True)
     export.add_argument("--format", choices=FORMATS, default="jsonl")

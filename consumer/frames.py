@@ -28,7 +28,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from moments_stream.errors import VideoDecodeError
-from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES
+from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_MAX_FRAME_PIXELS
 
 # A sample at most this many frames ahead is reached by decoding forward, not by seeking: a seek
 # decodes from the keyframe before it (x264's default keyframe interval is 250 frames).
@@ -109,9 +109,10 @@ def timeline_of(stream: av.video.stream.VideoStream, container_duration_us: int 
 class _Decoder:
     """One open video: its first video stream, decoded with threads, errors named for the user."""
 
-    def __init__(self, path: str, name: str) -> None:
+    def __init__(self, path: str, name: str, max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> None:
         self.path, self.name = path, name
         self.size = os.path.getsize(path)
+        self.max_frame_pixels = max_frame_pixels
         self._open()
 
     def _open(self) -> None:
@@ -126,6 +127,7 @@ class _Decoder:
             what = f"{audio} audio stream(s) and no video" if audio else "no video stream"
             raise VideoDecodeError(name, f"the file holds {what}")
         self.stream = self.container.streams.video[0]
+        self._refuse_huge_frames()
         # Frame and slice threads: on the idle 2-CPU reference VM, 0.85x the time of slice threads
         # alone on the MiT clip, 0.66x at 4K (bench/README.md).
         self.stream.thread_type = "AUTO"
@@ -134,13 +136,35 @@ class _Decoder:
         self.codec = self.stream.codec_context.name if self.stream.codec_context else "unknown"
         self.last_position = 0
 
+    def _refuse_huge_frames(self) -> None:
+        """Refuse, before a frame is decoded, a stream whose frames are larger than
+        ``max_frame_pixels``: decoding them could exhaust the consumer's memory, on every attempt.
+        A size the container does not state is checked on the first decoded frame instead."""
+        context = self.stream.codec_context
+        width, height = (context.width, context.height) if context else (0, 0)
+        try:
+            self._check_frame_size(width or 0, height or 0)
+        except VideoDecodeError:
+            self.container.close()
+            raise
+
+    def _check_frame_size(self, width: int, height: int) -> None:
+        if width * height > self.max_frame_pixels:
+            raise VideoDecodeError(
+                self.name,
+                f"its frames are {width}x{height} ({width * height:,} pixels), more than the "
+                f"{self.max_frame_pixels:,}-pixel limit (MOMENTS_MAX_FRAME_PIXELS)",
+            )
+
     def frames(self) -> Iterator[av.VideoFrame]:
         """Decoded frames from the current position; a decoding error names the byte it happened at."""
         try:
             for packet in self.container.demux(self.stream):
                 if packet.pos is not None and packet.pos >= 0:
                     self.last_position = packet.pos
-                yield from packet.decode()
+                for frame in packet.decode():
+                    self._check_frame_size(frame.width, frame.height)  # a size change mid-stream
+                    yield frame
         except av.error.FFmpegError as error:
             raise VideoDecodeError(
                 self.name,
@@ -258,6 +282,7 @@ def read_frames(
     keep: FrameTransform | None = None,
     name: str | None = None,
     seek: bool = True,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> SampledFrames:
     """Decode ``num_frames`` RGB frames at the segment centres of the video at ``path``.
 
@@ -265,14 +290,15 @@ def read_frames(
     cause for anything that is not a decodable video. ``keep`` is applied to each kept frame as it
     is decoded (the classifier shrinks it to the model's input size), so a 4K video holds
     ``num_frames`` small frames. ``max_frames`` bounds a walk (streams without sane timestamps);
-    ``seek=False`` forces the walk.
+    ``seek=False`` forces the walk. A stream whose frames exceed ``max_frame_pixels`` (width x
+    height) is refused before decoding.
     """
     name = name or path
     if not os.path.exists(path):
         raise VideoDecodeError(name, "file does not exist")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(name, "file is empty (0 bytes)")
-    decoder = _Decoder(path, name)
+    decoder = _Decoder(path, name, max_frame_pixels)
     try:
         timeline = timeline_of(decoder.stream, decoder.container.duration) if seek else None
         if timeline is not None:

@@ -325,3 +325,28 @@ def test_pyproject_requires_a_redis_py_that_checks_tls_host_names() -> None:
     (spec,) = [Requirement(line).specifier for line in project["project"]["dependencies"]
                if Requirement(line).name == "redis"]
     assert not spec.contains("5.3.1") and spec.contains("6.0.0")
+
+
+# --- frames too large to decode -------------------------------------------------------------------
+
+def test_a_stream_of_frames_larger_than_the_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    from consumer.frames import _Decoder, read_frames
+    from tests.media import synthetic_frames, write_h264
+
+    clip = write_h264(tmp_path / "clip.mp4", synthetic_frames(30, height=96, width=128))
+    with pytest.raises(VideoDecodeError) as refused:
+        _Decoder(str(clip), "v/clip.mp4", max_frame_pixels=128 * 96 - 1)  # opening the container decodes nothing
+    assert refused.value.reason == (
+        "its frames are 128x96 (12,288 pixels), more than the 12,287-pixel limit (MOMENTS_MAX_FRAME_PIXELS)"
+    )
+    with pytest.raises(VideoDecodeError, match="MOMENTS_MAX_FRAME_PIXELS"):
+        read_frames(str(clip), 8, max_frame_pixels=128 * 96 - 1)
+    assert read_frames(str(clip), 8, max_frame_pixels=128 * 96).frames.shape == (8, 96, 128, 3)
+    assert read_frames(str(clip), 8).frame_count == 30  # the default (8K) takes it
+
+
+def test_the_frame_limit_setting() -> None:
+    assert Settings.from_env({}).max_frame_pixels == 8192 * 4352 >= 7680 * 4320
+    assert Settings.from_env({"MOMENTS_MAX_FRAME_PIXELS": "100"}).max_frame_pixels == 100
+    with pytest.raises(ConfigError, match="MOMENTS_MAX_FRAME_PIXELS"):
+        Settings.from_env({"MOMENTS_MAX_FRAME_PIXELS": "0"})

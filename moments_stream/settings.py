@@ -274,7 +274,7 @@ class Settings:
                                   f"{MAX_RECONCILE_ROUNDS}; default {DEFAULT_RECONCILE_ROUNDS}")
         if self.max_frame_pixels < 1:
             raise ConfigError(f"MOMENTS_MAX_FRAME_PIXELS={self.max_frame_pixels} is out of range",
-                              fix=f"pixels a frame may have (width x height); default {DEFAULT_MAX_FRAME_PIXELS:,} (8K)")
+                              fix=f"pixels a frame may have (width x height); default {DEFAULT_MAX_FRAME_PIXELS:,}")
         if self.consumer_lease_s < 3:
             raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
         return self

@@ -350,3 +350,26 @@ def test_the_frame_limit_setting() -> None:
     assert Settings.from_env({"MOMENTS_MAX_FRAME_PIXELS": "100"}).max_frame_pixels == 100
     with pytest.raises(ConfigError, match="MOMENTS_MAX_FRAME_PIXELS"):
         Settings.from_env({"MOMENTS_MAX_FRAME_PIXELS": "0"})
+
+
+def test_an_oversized_s3_object_is_refused_from_its_head(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Against a real S3-compatible server through Lithops' minio backend: the HEAD's size refuses
+    the large object, a GET the small one streams whole, a missing one is reported deleted."""
+    from lithops import Storage
+
+    from tests.s3_server import ACCESS_KEY, SECRET_KEY, running_s3, s3_client
+
+    with running_s3(tmp_path / "moto") as endpoint:
+        s3 = s3_client(endpoint)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="v/big.mp4", Body=b"\x00" * 5000)
+        s3.put_object(Bucket=BUCKET, Key="v/small.mp4", Body=b"abc" * 1000)
+        storage = Storage(config={"lithops": {"storage": "minio"},
+                                  "minio": {"endpoint": endpoint, "access_key_id": ACCESS_KEY,
+                                            "secret_access_key": SECRET_KEY, "storage_bucket": BUCKET}})
+        context = context_for(redis_client, storage, max_video_bytes=4000)
+        big = classify_one(context, f"{BUCKET}/v/big.mp4", "5000:x")
+        assert "5,000 bytes, larger than the 4,000-byte limit (MOMENTS_MAX_VIDEO_BYTES)" in (big.error or ""), big
+        assert Path(download_once(context, BUCKET, "v/small.mp4", str(tmp_path))).read_bytes() == b"abc" * 1000
+        gone = classify_one(context, f"{BUCKET}/v/gone.mp4", "1:x")
+        assert "deleted after enqueue" in (gone.error or ""), gone

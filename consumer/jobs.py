@@ -287,7 +287,7 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
                 enqueue_jobs_again(context.client, context.settings, rest, wanted_model)
                 log.info("batch_handed_back", videos=len(rest), first=todo[index][0], worker=context.worker_id)
                 return f"{index} of {len(todo)}, the rest handed back"
-            message = classify_one(context, video, fingerprint)
+            message = classify_one(context, video, fingerprint, wanted_model)
             if is_held_for_test(context.settings, video):
                 buffer.flush()  # what the batch did before the held video is out of its hands
                 hold_for_test(context.settings, video)
@@ -302,8 +302,11 @@ def classify_video(video: str, fingerprint: str, wanted_model: str | None = None
     return classify_videos([[video, fingerprint]], wanted_model)
 
 
-def classify_one(context: WorkerContext, video: str, fingerprint: str) -> outcome.VideoOutcome:
-    """Classify one stored video (``BUCKET/KEY``): its outcome, counted or failed, to publish."""
+def classify_one(
+    context: WorkerContext, video: str, fingerprint: str, wanted_model: str | None = None
+) -> outcome.VideoOutcome:
+    """Classify one stored video (``BUCKET/KEY``): its outcome, counted or failed, to publish
+    (``wanted_model``: the model its job was for, kept in a failure for ``consumer requeue``)."""
     model_id = context.classifier.model_id
     bucket, key = split_video_id(video)
     started = time.perf_counter()
@@ -319,7 +322,7 @@ def classify_one(context: WorkerContext, video: str, fingerprint: str) -> outcom
     except VideoDecodeError as error:
         # Deterministic: retrying cannot help, so it is a failed outcome now, not a failed attempt.
         log.warning("video_processed", outcome="failed", error=error.message, total_ms=_elapsed_ms(started), **fields)
-        return outcome.failed(video, fingerprint, error.message, worker_id, model_id)
+        return outcome.failed(video, fingerprint, error.message, worker_id, model_id, for_model=wanted_model)
     counted = counted_outcome(prediction, fingerprint, worker_id, fields["download_ms"], _elapsed_ms(started))
     log.info("video_processed", outcome="counted", top1=prediction.top1, decode_ms=prediction.decode_ms,
              infer_ms=prediction.infer_ms, total_ms=counted.total_ms, **fields)
@@ -384,10 +387,10 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
         return
     for video, fingerprint in left.items():
         if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
-            failure = outcome.failed(video, fingerprint, message, model_id=wanted_model)
+            failure = outcome.failed(video, fingerprint, message, model_id=wanted_model, for_model=wanted_model)
             ledger.stage_in_outbox(connection, settings.keys, failure)
         else:
             model_id = wanted_model or _context.classifier.model_id
-            failure = outcome.failed(video, fingerprint, message, model_id=model_id)
+            failure = outcome.failed(video, fingerprint, message, model_id=model_id, for_model=wanted_model)
             results.publish(connection, settings.keys, _context.results, failure)
         log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")

@@ -63,6 +63,9 @@ class VideoOutcome:
     total_ms: float | None = None
     # A failed outcome: what went wrong, in words a user can act on.
     error: str | None = None
+    # A failed outcome of a job for one model (``--reclassify``): that model, so that ``consumer
+    # requeue`` enqueues it for the same model again (unset: the job was for any model).
+    for_model: str | None = None
     # When the consumer handed it over (outbox recovery waits on it).
     published_at: float | None = None
 
@@ -171,7 +174,13 @@ def counted(
 
 
 def failed(
-    video: str, fingerprint: str, error: str, worker: str | None = None, model_id: str | None = None
+    video: str,
+    fingerprint: str,
+    error: str,
+    worker: str | None = None,
+    model_id: str | None = None,
+    for_model: str | None = None,
 ) -> VideoOutcome:
-    """A video that could not be classified, and why."""
-    return VideoOutcome(FAILED, video, fingerprint, model_id=model_id, worker=worker, error=error)
+    """A video that could not be classified, and why; ``for_model``: the model its job was for, if
+    it named one."""
+    return VideoOutcome(FAILED, video, fingerprint, model_id=model_id, worker=worker, error=error, for_model=for_model)

@@ -4,12 +4,20 @@ both states and never in neither."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import redis
+from rq.job import Job, JobStatus
 
 from aggregator.drain import DrainReport, recover_unrecorded
-from moments_stream import ledger, results
+from consumer.jobs import on_job_failure
+from moments_stream import ledger, queues, results
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted, failed
+from moments_stream.queues import enqueue_videos, failures, job_videos, requeue_failed, video_queue
+from moments_stream.redis_conn import text
+from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
 
 KEYS = Keys()
@@ -137,3 +145,79 @@ def test_a_failure_retracts_an_old_version_of_a_model_outside_its_batch(
     assert ledger.record_batch(redis_client, KEYS, batch) == [ledger.RecordResult.RECORDED]
     assert states(redis_client, "b/v.mp4") == {"pending": False, "failed": True, MODEL_A: False, MODEL_B: False}
     assert ledger.counts(redis_client, KEYS, MODEL_A) == {}
+
+
+# Finding 7 ------------------------------------------------------------------------------------------
+
+
+def settings_for(redis_url: str, **environ: str) -> Settings:
+    return Settings.from_env({"MOMENTS_REDIS_URL": redis_url, "MOMENTS_BUCKET": "b", **environ})
+
+
+def fail_on_every_attempt(client: redis.Redis, settings: Settings) -> list[Job]:
+    """Every queued job fails for good, as its last attempt would leave it: in rq's failed registry,
+    and its videos recorded failed through the failure callback, the outbox and the ledger."""
+    queue = video_queue(client, settings)
+    jobs = queue.jobs
+    for job in jobs:
+        queue.remove(job)
+        job.set_status(JobStatus.FAILED)
+        queue.failed_job_registry.add(job, ttl=3600)
+        job.retries_left = 0
+        on_job_failure(job, client, RuntimeError, RuntimeError("storage said no"), None)
+    recover_unrecorded(client, settings.keys, 0, DrainReport())
+    return jobs
+
+
+def test_a_requeue_crashing_half_way_leaves_the_video_failed_and_requeueable(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(redis_url)
+    enqueue_videos(redis_client, settings, {"b/v.mp4": "1:1"})
+    [job] = fail_on_every_attempt(redis_client, settings)
+    assert [record["video"] for record in failures(redis_client, settings)] == ["b/v.mp4"]
+    assert ledger.pending_count(redis_client, KEYS) == 0
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("the requeue's process dies here")
+
+    monkeypatch.setattr(queues, "_queue_jobs", crash)  # the step that enqueues the new job
+    with pytest.raises(ConnectionError):
+        requeue_failed(redis_client, settings, ["v.mp4"])
+    monkeypatch.undo()
+    # nothing happened: still failed, its rq job still in the failed registry, and requeue-able
+    assert [record["video"] for record in failures(redis_client, settings)] == ["b/v.mp4"]
+    assert video_queue(redis_client, settings).failed_job_registry.get_job_ids() == [job.id]
+    assert ledger.pending_count(redis_client, KEYS) == 0 and video_queue(redis_client, settings).count == 0
+
+    assert requeue_failed(redis_client, settings, ["v.mp4"]) == ["b/v.mp4"]
+    assert failures(redis_client, settings) == []
+    assert video_queue(redis_client, settings).failed_job_registry.get_job_ids() == []
+    assert not redis_client.exists(job.key)
+    assert [job_videos(queued.args) for queued in video_queue(redis_client, settings).jobs] == [
+        ({"b/v.mp4": "1:1"}, None)
+    ]
+    assert ledger.pending_count(redis_client, KEYS) == 1
+
+
+def test_a_failed_reclassify_is_requeued_for_its_model(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = settings_for(redis_url)
+    enqueue_videos(redis_client, settings, {"b/any.mp4": "1:1"})
+    enqueue_videos(redis_client, settings, {"b/v.mp4": "1:1", "b/w.mp4": "2:1"}, model_id=MODEL_B)
+    fail_on_every_attempt(redis_client, settings)
+    assert {record["video"]: record.get("for_model") for record in failures(redis_client, settings)} == {
+        "b/any.mp4": None, "b/v.mp4": MODEL_B, "b/w.mp4": MODEL_B,
+    }
+
+    assert sorted(requeue_failed(redis_client, settings)) == ["b/any.mp4", "b/v.mp4", "b/w.mp4"]
+    requeued: dict[str, str | None] = {}
+    for job in video_queue(redis_client, settings).jobs:
+        batch, model_id = job_videos(job.args)
+        requeued.update(dict.fromkeys(batch, model_id))
+    assert requeued == {"b/any.mp4": None, "b/v.mp4": MODEL_B, "b/w.mp4": MODEL_B}
+    pending = {text(video): json.loads(entry) for video, entry in redis_client.hgetall(KEYS.pending()).items()}
+    assert pending == {
+        "b/any.mp4": {"fingerprint": "1:1", "model": None},
+        "b/v.mp4": {"fingerprint": "1:1", "model": MODEL_B},
+        "b/w.mp4": {"fingerprint": "2:1", "model": MODEL_B},
+    }

@@ -267,14 +267,19 @@ def test_connection_errors_never_show_the_password(tmp_path: Path) -> None:
 def test_logs_never_show_a_password(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    configure_logging(json_logs=True)
-    log = get_logger("untrusted-test")
-    log.warning("redis_lost", url="redis://h:1/0?password=pw-secret-3", urls=["redis://:pw-secret-4@h/0"])
+    import structlog
+
+    configure_logging(json_logs=True)  # structlog now writes to capsys's stderr: undone below
     try:
-        raise ConnectionError("lost rediss://:pw-secret-5@h:6380/0")
-    except ConnectionError:
-        log.exception("with_traceback")
-    logging.getLogger("lithops").warning("connecting to %s", "redis://h/0?password=pw-secret-6")
+        log = get_logger("untrusted-test")
+        log.warning("redis_lost", url="redis://h:1/0?password=pw-secret-3", urls=["redis://:pw-secret-4@h/0"])
+        try:
+            raise ConnectionError("lost rediss://:pw-secret-5@h:6380/0")
+        except ConnectionError:
+            log.exception("with_traceback")
+        logging.getLogger("lithops").warning("connecting to %s", "redis://h/0?password=pw-secret-6")
+    finally:
+        structlog.reset_defaults()
     err = capsys.readouterr().err  # structlog's events; stdlib records reach the root's handlers (pytest's here)
     assert "redis_lost" in err and "with_traceback" in err and "redis://:***@h/0" in err
     assert "pw-secret" not in err, err

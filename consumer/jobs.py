@@ -362,6 +362,12 @@ def failure_message(exc_type: type, exc_value: BaseException) -> str:
     return f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__
 
 
+# How often a job whose failure callback could not record its videos is retried for that alone
+# (rq logs and swallows a callback's exception, leaving the videos pending with no job); past this,
+# the job stays in rq's failed registry and the error in the log.
+CALLBACK_RETRIES = 5
+
+
 def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
     """rq failure callback: on the last attempt, publish each video still unfinished as failed with
     the error, or, when a batch has several, give each its own job (the batch's failure may be one
@@ -369,8 +375,26 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
 
     The failure takes the same path as every other outcome (outbox, then the results queue), so an
     aggregator records it; abandoned jobs are failed by whichever consumer cleans up, which runs
-    the same model (or the job names its model).
+    the same model (or the job names its model). rq swallows a callback's exception, so none
+    escapes: a failure the results queue refuses is left in the outbox alone (an aggregator
+    recovers it), and when even that fails the job is retried rather than left with its videos
+    pending and nothing to record them.
     """
+    try:
+        _handle_job_failure(job, connection, exc_type, exc_value)
+    except Exception as error:
+        failures = int(job.meta.get("callback_failures", 0)) + 1
+        job.meta["callback_failures"] = failures
+        if failures > CALLBACK_RETRIES:
+            log.exception("failure_callback_failed", job=job.id, error=str(error), retried=False,
+                          fix="the job's videos stay pending: see the error, then `consumer requeue` or the reconciler")
+            return
+        job.retries_left = (job.retries_left or 0) + 1  # rq retries the job once this callback returns
+        log.exception("failure_callback_failed", job=job.id, error=str(error), retried=True,
+                      meaning="the job's failure could not be recorded; the job is tried again")
+
+
+def _handle_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value: BaseException) -> None:
     videos, wanted_model = job_videos(job.args)
     message = failure_message(exc_type, exc_value)
     first = next(iter(videos))
@@ -386,11 +410,20 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
                     meaning="each video of the failed batch is tried in its own job")
         return
     for video, fingerprint in left.items():
-        if _context is None:  # rq's own worker, not a consumer: the outbox alone (an aggregator recovers it)
-            failure = outcome.failed(video, fingerprint, message, model_id=wanted_model, for_model=wanted_model)
-            ledger.stage_in_outbox(connection, settings.keys, failure)
-        else:
-            model_id = wanted_model or _context.classifier.model_id
-            failure = outcome.failed(video, fingerprint, message, model_id=model_id, for_model=wanted_model)
-            results.publish(connection, settings.keys, _context.results, failure)
+        model_id = wanted_model if _context is None else wanted_model or _context.classifier.model_id
+        failure = outcome.failed(video, fingerprint, message, model_id=model_id, for_model=wanted_model)
+        publish_failure(connection, settings, failure)
         log.error("video_processed", outcome="failed", video=video, error=message, attempts="all")
+
+
+def publish_failure(connection: redis.Redis, settings: Settings, failure: outcome.VideoOutcome) -> None:
+    """Hand a final failure to the aggregator: through the results queue from a consumer, else (rq's
+    own worker, or a queue that refuses it) in the outbox alone, which an aggregator recovers."""
+    if _context is not None:
+        try:
+            results.publish(connection, settings.keys, _context.results, failure)
+            return
+        except Exception as error:
+            log.warning("failure_publish_failed", video=failure.video, error=f"{type(error).__name__}: {error}",
+                        meaning="left in the outbox alone; an aggregator records it from there")
+    ledger.stage_in_outbox(connection, settings.keys, failure)

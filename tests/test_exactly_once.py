@@ -5,20 +5,27 @@ both states and never in neither."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from rq.job import Job, JobStatus
 
-from aggregator.drain import DrainReport, recover_unrecorded
-from consumer.jobs import on_job_failure
+from aggregator.drain import DrainReport, apply_raws, recover_unrecorded
+from consumer.jobs import WorkerContext, bind_context, on_job_failure
+from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, queues, results
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted, failed
 from moments_stream.queues import enqueue_videos, failures, job_videos, requeue_failed, video_queue
 from moments_stream.redis_conn import text
+from moments_stream.results import open_results_queue, receive_batch
 from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
+from tests.instant import InMemoryStorage, InstantClassifier
 
 KEYS = Keys()
 MODEL_A = "v1-aaaaaaaaaaaa-11111111"
@@ -221,3 +228,83 @@ def test_a_failed_reclassify_is_requeued_for_its_model(redis_client: redis.Redis
         "b/v.mp4": {"fingerprint": "1:1", "model": MODEL_B},
         "b/w.mp4": {"fingerprint": "2:1", "model": MODEL_B},
     }
+
+
+# Finding 2 ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def unbound() -> Iterator[None]:
+    yield
+    bind_context(None)
+
+
+def run_consumer(client: redis.Redis, settings: Settings, classifier: InstantClassifier, storage: InMemoryStorage,
+                 hard_deadline_s: float = 3600) -> ConsumerWorker:
+    """One consumer with one real rq worker, on a thread, until idle (1 s)."""
+    context = WorkerContext(classifier, client, storage, open_results_queue(client, settings),  # type: ignore[arg-type]
+                            settings, "exactly-once-test")
+    bind_context(context)
+    now = time.monotonic()
+    worker = ConsumerWorker([video_queue(client, settings)], connection=client, name=f"test-{time.time_ns()}",
+                            deadline=now + 3600, hard_deadline=now + hard_deadline_s,
+                            lease_s=settings.consumer_lease_s, stop_key=settings.keys.stop_consumers())
+    context.workers[worker.name] = worker
+    thread = threading.Thread(target=work_until_done, args=(worker, 1))
+    thread.start()
+    thread.join()
+    return worker
+
+
+def record_everything(client: redis.Redis, settings: Settings) -> None:
+    """An aggregator's work: the queue, then the outbox."""
+    queue = open_results_queue(client, settings)
+    while raws := receive_batch(client, settings.keys, queue, 0.1, ledger.MAX_BATCH):
+        apply_raws(client, settings.keys, raws, DrainReport())
+    recover_unrecorded(client, settings.keys, 0, DrainReport())
+
+
+def test_a_failure_the_results_queue_refuses_is_still_recorded(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(redis_url, MOMENTS_JOB_RETRIES="0")
+    enqueue_videos(redis_client, settings, {"b/v/bad.mp4": "1:1"})
+
+    def refuse(*args: object) -> None:
+        raise ConnectionError("the results queue is gone")
+
+    monkeypatch.setattr(results, "publish", refuse)
+    run_consumer(redis_client, settings, InstantClassifier(), InMemoryStorage(failing={"v/bad.mp4": 1}))
+    record_everything(redis_client, settings)
+    assert [(record["video"], record["error"]) for record in failures(redis_client, settings)] == [
+        ("b/v/bad.mp4", "RuntimeError: injected failure reading v/bad.mp4")
+    ]
+    assert ledger.pending_count(redis_client, KEYS) == 0
+
+
+def test_a_failure_callback_that_raises_leaves_the_job_retried_not_the_video_lost(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(redis_url, MOMENTS_JOB_RETRIES="0")
+    enqueue_videos(redis_client, settings, {"b/v/bad.mp4": "1:1"})
+    broken = {"times": 1}
+    stage = ledger.stage_in_outbox
+
+    def refuse(*args: object) -> None:
+        raise ConnectionError("the results queue is gone")
+
+    def stage_unless_broken(*args: Any) -> VideoOutcome:
+        if broken["times"]:
+            broken["times"] -= 1
+            raise ConnectionError("Redis refused the outbox write")
+        return stage(*args)
+
+    monkeypatch.setattr(results, "publish", refuse)
+    monkeypatch.setattr(ledger, "stage_in_outbox", stage_unless_broken)
+    classifier = InstantClassifier()
+    # the video fails on both runs: the job's only attempt, then its retry for the callback's sake
+    run_consumer(redis_client, settings, classifier, InMemoryStorage(failing={"v/bad.mp4": 2}))
+    record_everything(redis_client, settings)
+    assert [record["video"] for record in failures(redis_client, settings)] == ["b/v/bad.mp4"]
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert broken["times"] == 0

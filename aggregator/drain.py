@@ -84,8 +84,8 @@ def set_aside(client: redis.Redis, keys: Keys, error: results.MalformedMessage, 
         return
     entry = results.dead_letter(client, keys, error)
     report.dead_letters += 1
-    if outbox_video is not None:
-        ledger.drop_from_outbox(client, keys, outbox_video)
+    if outbox_video is not None:  # its video is recorded failed with the reason, never left pending
+        ledger.fail_unreadable_outbox_entry(client, keys, outbox_video, f"{error.reason}; dead letter {entry}")
     log.error("message_dead_lettered", reason=error.reason, entry=entry, dead_letters=keys.dead_letters(),
               video=outbox_video)
 

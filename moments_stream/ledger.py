@@ -20,7 +20,7 @@ import redis
 
 from .errors import ConfigError
 from .keys import Keys
-from .outcome import VideoOutcome, outbox_field, outbox_prefix
+from .outcome import VideoOutcome, failed, outbox_field, outbox_identity, outbox_prefix
 from .redis_conn import text
 from .settings import RECENT_WINDOW_S
 
@@ -253,6 +253,26 @@ def unrecorded_outcomes(
 def drop_from_outbox(client: redis.Redis, keys: Keys, field: str) -> None:
     """Remove one outbox entry, named by its field (:func:`unrecorded_outcomes`)."""
     client.hdel(keys.outbox(), field)
+
+
+def fail_unreadable_outbox_entry(client: redis.Redis, keys: Keys, field: str, reason: str) -> RecordResult | None:
+    """An outbox entry that cannot be read (it went to the dead letters): its video is recorded
+    failed with ``reason`` when it is still pending for the version the entry is for (named by the
+    field, or, for an entry of the release before, keyed by the video alone, the version pending),
+    so it never stays pending with nothing to record it; the entry leaves the outbox either way.
+    Returns what the ledger made of the failure, ``None`` when there was nothing to record."""
+    identity = outbox_identity(field)
+    video, fingerprint, model_id = identity if identity is not None else (field, None, None)
+    waiting = client.hget(keys.pending(), video)
+    result = None
+    if waiting is not None and (fingerprint is None or pending_fingerprint(text(waiting)) == fingerprint):
+        if fingerprint is None:
+            fingerprint = pending_fingerprint(text(waiting))
+        error = f"its outcome could not be read ({reason}); `consumer requeue` classifies it again"
+        failure = failed(video, fingerprint, error, model_id=model_id or None)
+        result = record(client, keys, failure)  # clears the entry itself when the field is the failure's
+    client.hdel(keys.outbox(), field)
+    return result
 
 
 def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:

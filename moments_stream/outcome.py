@@ -143,6 +143,20 @@ def outbox_field(video: str, fingerprint: str, model_id: str | None) -> str:
     return json.dumps([video, fingerprint, model_id or ""])
 
 
+def outbox_identity(field: str) -> tuple[str, str, str] | None:
+    """The (video, fingerprint, model id or "") an :func:`outbox_field` names; ``None`` for any other
+    field (an entry of a release before, keyed by the video alone)."""
+    if not field.startswith("["):
+        return None
+    try:
+        parts = json.loads(field)
+    except ValueError:
+        return None
+    if isinstance(parts, list) and len(parts) == 3 and all(isinstance(part, str) for part in parts):
+        return parts[0], parts[1], parts[2]
+    return None
+
+
 def outbox_prefix(video: str, fingerprint: str) -> str:
     """What every :func:`outbox_field` of this video's version, whatever the model, starts with."""
     return json.dumps([video, fingerprint])[:-1] + ", "

@@ -19,7 +19,7 @@ from consumer.jobs import WorkerContext, bind_context, on_job_failure
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, queues, results
 from moments_stream.keys import Keys
-from moments_stream.outcome import VideoOutcome, counted, failed
+from moments_stream.outcome import VideoOutcome, counted, failed, outbox_field
 from moments_stream.queues import enqueue_videos, failures, job_videos, requeue_failed, video_queue
 from moments_stream.redis_conn import text
 from moments_stream.results import open_results_queue, receive_batch
@@ -308,3 +308,25 @@ def test_a_failure_callback_that_raises_leaves_the_job_retried_not_the_video_los
     assert [record["video"] for record in failures(redis_client, settings)] == ["b/v/bad.mp4"]
     assert ledger.pending_count(redis_client, KEYS) == 0
     assert broken["times"] == 0
+
+
+def test_an_unreadable_outbox_entry_records_its_pending_video_failed(redis_client: redis.Redis) -> None:
+    enqueued(redis_client, "b/v.mp4", "2:2", MODEL_B)
+    enqueued(redis_client, "b/legacy.mp4", "1:1")
+    enqueued(redis_client, "b/done.mp4", "1:1")
+    redis_client.hset(KEYS.outbox(), outbox_field("b/v.mp4", "2:2", MODEL_B), "{not json")
+    redis_client.hset(KEYS.outbox(), "b/legacy.mp4", '{"schema": 1, "video": 3}')  # a release before's field
+    redis_client.hset(KEYS.outbox(), outbox_field("b/v.mp4", "1:1", MODEL_B), "{stale")  # not the version pending
+    ledger.record(redis_client, KEYS, prediction("b/done.mp4", "juggling", "1:1"))
+    redis_client.hset(KEYS.outbox(), outbox_field("b/done.mp4", "1:1", MODEL_A), "[]")  # recorded meanwhile
+    report = DrainReport()
+    recover_unrecorded(redis_client, KEYS, 0, report)
+
+    assert report.dead_letters == 4 and redis_client.hlen(KEYS.dead_letters()) == 4
+    assert redis_client.hlen(KEYS.outbox()) == 0 and ledger.pending_count(redis_client, KEYS) == 0
+    recorded = {record["video"]: record for record in map(json.loads, redis_client.hvals(KEYS.failed()))}
+    assert sorted(recorded) == ["b/legacy.mp4", "b/v.mp4"]
+    assert recorded["b/v.mp4"]["fingerprint"] == "2:2" and recorded["b/v.mp4"]["model_id"] == MODEL_B
+    assert recorded["b/v.mp4"]["error"].startswith("its outcome could not be read (payload is not JSON")
+    assert recorded["b/legacy.mp4"]["fingerprint"] == "1:1"
+    assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1}

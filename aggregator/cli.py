@@ -22,7 +22,7 @@ from .check import check_document, format_check
 from .counts import counts_document, format_counts
 from .drain import drain
 from .export import FORMATS, export_rows, write_file, write_rows
-from .reconcile import ReconcileReport, reconcile, reconcile_interval_s
+from .reconcile import KnownJobs, ReconcileReport, reconcile, reconcile_interval_s
 from .status import format_status, status_document
 
 log = get_logger(__name__)
@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop_on_signals(stop, "aggregator_stopping")
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
     reconciled = ReconcileReport()
+    known_jobs: KnownJobs = {}
     report = drain(
         client,
         settings.keys,
@@ -52,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         idle_exit_s=args.idle_exit,
         stop_event=stop,
         recover_after_s=settings.recover_after_s,
-        reconcile=lambda drained: reconcile(client, settings, drain_report=drained, report=reconciled),
+        reconcile=lambda drained: reconcile(client, settings, drain_report=drained, report=reconciled,
+                                            known_jobs=known_jobs),
         reconcile_every_s=reconcile_interval_s(settings),
     )
     print(

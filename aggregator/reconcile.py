@@ -117,24 +117,39 @@ def _job_id(member: bytes | str) -> str:
     return job_id if separator else name
 
 
-def _videos_of(client: redis.Redis, job_ids: list[str], snapshot: Snapshot) -> set[str]:
-    videos: set[str] = set()
-    for start in range(0, len(job_ids), FETCH_CHUNK):
-        jobs = Job.fetch_many(job_ids[start : start + FETCH_CHUNK], connection=client, serializer=JOB_SERIALIZER)
-        for job in jobs:
+# job id -> the videos and model of a job already read. A job's arguments never change (a retry
+# keeps them), so an aggregator that keeps this between rounds reads each job once, not every round.
+KnownJobs = dict[str, tuple[tuple[str, ...], str | None]]
+
+
+def _videos_of(client: redis.Redis, job_ids: list[str], snapshot: Snapshot, known: KnownJobs) -> set[str]:
+    unread = [job_id for job_id in job_ids if job_id not in known]
+    for start in range(0, len(unread), FETCH_CHUNK):
+        chunk = unread[start : start + FETCH_CHUNK]
+        for job_id, job in zip(chunk, Job.fetch_many(chunk, connection=client, serializer=JOB_SERIALIZER),
+                               strict=True):
             if job is None:
                 continue  # gone since the snapshot: finished (outbox) or moved; the second snapshot sees it
             try:
                 held, model = job_videos(job.args)
             except Exception:  # not a classify job of this project: holds no video
-                continue
-            videos.update(held)
-            snapshot.job_models[model] = snapshot.job_models.get(model, 0) + len(held)
+                held, model = {}, None
+            known[job_id] = (tuple(held), model)
+    videos: set[str] = set()
+    for job_id in job_ids:
+        if job_id in known:
+            held_videos, model = known[job_id]
+            videos.update(held_videos)
+            if held_videos:
+                snapshot.job_models[model] = snapshot.job_models.get(model, 0) + len(held_videos)
     return videos
 
 
-def take_snapshot(client: redis.Redis, settings: Settings) -> Snapshot:
-    """Pending videos and the videos every job and outbox entry holds (see the module's docstring)."""
+def take_snapshot(client: redis.Redis, settings: Settings, known_jobs: KnownJobs | None = None) -> Snapshot:
+    """Pending videos and the videos every job and outbox entry holds (see the module's docstring).
+    ``known_jobs`` (kept between rounds) spares reading jobs read before; it is pruned to this
+    snapshot's jobs."""
+    known = {} if known_jobs is None else known_jobs
     keys = settings.keys
     queue = video_queue(client, settings)
     registries = [
@@ -159,10 +174,17 @@ def take_snapshot(client: redis.Redis, settings: Settings) -> Snapshot:
                       meaning="neither reconciled nor checked: `aggregator check` lists it")
             snapshot.unreadable.append(text(video))
     snapshot.outbox = {_outbox_video(name, raw) for name, raw in outbox_raw.items()}
-    snapshot.queued = _videos_of(client, [text(job_id) for job_id in [*queued_ids, *dequeuing_ids]], snapshot)
-    snapshot.in_flight = _videos_of(client, list(dict.fromkeys(_job_id(member) for member in started)), snapshot)
-    snapshot.scheduled = _videos_of(client, [text(job_id) for job_id in scheduled], snapshot)
-    snapshot.failed_registry = _videos_of(client, [text(job_id) for job_id in failed], snapshot)
+    queued_jobs = [text(job_id) for job_id in [*queued_ids, *dequeuing_ids]]
+    started_jobs = list(dict.fromkeys(_job_id(member) for member in started))
+    scheduled_jobs = [text(job_id) for job_id in scheduled]
+    failed_jobs = [text(job_id) for job_id in failed]
+    snapshot.queued = _videos_of(client, queued_jobs, snapshot, known)
+    snapshot.in_flight = _videos_of(client, started_jobs, snapshot, known)
+    snapshot.scheduled = _videos_of(client, scheduled_jobs, snapshot, known)
+    snapshot.failed_registry = _videos_of(client, failed_jobs, snapshot, known)
+    current = {*queued_jobs, *started_jobs, *scheduled_jobs, *failed_jobs}
+    for job_id in [job_id for job_id in known if job_id not in current]:
+        del known[job_id]
     return snapshot
 
 
@@ -202,11 +224,13 @@ def reconcile(
     now: float | None = None,
     drain_report: DrainReport | None = None,
     report: ReconcileReport | None = None,
+    known_jobs: KnownJobs | None = None,
 ) -> ReconcileReport:
     """One round: stamp the pending videos with no job, enqueue again (or record failed) those that
     have had none for ``MOMENTS_RECONCILE_AFTER`` s. ``now`` is the Redis clock unless given (tests).
     ``drain_report`` (an aggregator's :class:`~aggregator.drain.DrainReport`) counts the failures
-    recorded; ``report`` adds this round's figures to an aggregator's running ones."""
+    recorded; ``report`` adds this round's figures to an aggregator's running ones; ``known_jobs``,
+    kept between rounds, spares reading every job each round."""
     keys = settings.keys
     report = ReconcileReport() if report is None else report
     report.skipped = False
@@ -215,20 +239,21 @@ def reconcile(
         report.skipped = True
         return report
     try:
-        _round(client, settings, redis_clock(client) if now is None else now, report, drain_report)
+        _round(client, settings, redis_clock(client) if now is None else now, report, drain_report,
+               {} if known_jobs is None else known_jobs)
     finally:
         client.register_script(_RELEASE_LOCK)(keys=[lock_key(keys)], args=[token])
     return report
 
 
 def _round(client: redis.Redis, settings: Settings, now: float, report: ReconcileReport,
-           drain_report: DrainReport | None) -> None:
+           drain_report: DrainReport | None, known_jobs: KnownJobs) -> None:
     keys = settings.keys
     report.watched = 0
     if not client.hlen(keys.pending()):
         client.delete(orphans_key(keys), rounds_key(keys))
         return
-    snapshot = take_snapshot(client, settings)
+    snapshot = take_snapshot(client, settings, known_jobs)
     orphans = snapshot.without_job()
     stamps = {text(video): float(at) for video, at in client.hgetall(orphans_key(keys)).items()}
     _forget(client, orphans_key(keys), [video for video in stamps if video not in orphans])
@@ -241,7 +266,7 @@ def _round(client: redis.Redis, settings: Settings, now: float, report: Reconcil
     report.watched = len(orphans) - len(due)  # this round's figure, not a running one
     if not due:
         return
-    again = take_snapshot(client, settings).without_job()
+    again = take_snapshot(client, settings, known_jobs).without_job()
     due = [video for video in due if video in again and again[video] == orphans[video]]
     if not due:
         return

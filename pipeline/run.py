@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from aggregator.drain import drain
+from aggregator.reconcile import KnownJobs, reconcile, reconcile_interval_s
 from consumer.launcher import run_consumers, with_local_assets
 from moments_stream import ledger
 from moments_stream.embedded_redis import ensure_redis
@@ -75,10 +76,13 @@ def classify_pending(
     keys = settings.keys
     stop_aggregator = threading.Event()
     results = open_results_queue(client, settings)
+    known_jobs: KnownJobs = {}
     aggregator = threading.Thread(
         target=drain,
         args=(client, keys, results),
-        kwargs={"stop_event": stop_aggregator, "recover_after_s": settings.recover_after_s},
+        kwargs={"stop_event": stop_aggregator, "recover_after_s": settings.recover_after_s,
+                "reconcile": lambda drained: reconcile(client, settings, drain_report=drained, known_jobs=known_jobs),
+                "reconcile_every_s": reconcile_interval_s(settings)},
         name="aggregator",
         daemon=True,
     )

@@ -11,7 +11,7 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from aggregator.reconcile import orphans_key, reconcile, rounds_key, totals
+from aggregator.reconcile import KnownJobs, orphans_key, reconcile, rounds_key, totals
 from aggregator.status import format_status, status_document
 from moments_stream import outcome
 from moments_stream.errors import ConfigError
@@ -207,3 +207,22 @@ def test_reconciler_settings_out_of_range_are_refused_with_the_fix(name: str, va
     with pytest.raises(ConfigError, match=name) as refused:
         Settings.from_env({name: value})
     assert refused.value.fix
+
+
+def test_an_aggregator_reads_each_job_once_and_still_notices_a_lost_one(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    enqueue_videos(redis_client, settings, {A: "1:1", B: "2:2"})
+    queue = video_queue(redis_client, settings)
+    known: KnownJobs = {}
+    reconcile(redis_client, settings, now=0.0, known_jobs=known)
+    assert sorted(known) == sorted(queue.job_ids)
+    # the hashes are not read again (were they, these jobs would hold nothing)
+    for job_id in queue.job_ids:
+        redis_client.delete(f"rq:job:{job_id}")
+    assert reconcile(redis_client, settings, now=0.0, known_jobs=known).watched == 0
+    # a job gone from everywhere is forgotten, and its video seen without a job
+    redis_client.delete(queue.key)
+    assert reconcile(redis_client, settings, now=1.0, known_jobs=known).watched == 2
+    assert known == {}
+    assert reconcile(redis_client, settings, now=1.0 + AFTER_S, known_jobs=known).requeued == 2

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
-from rq import Callback, Queue, Retry
+from rq import Callback, Queue, Retry, worker_registration
 from rq.serializers import JSONSerializer
 
 from .redis_conn import text
-from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, Settings
+from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, WORKER_MODEL_FIELD, Settings
 from .videos import pending_entry, video_id
 
 # Failed jobs stay in rq's failed registry (``rq info``) this long.
@@ -133,6 +133,19 @@ def job_videos(args: Sequence[Any]) -> tuple[dict[str, str], str | None]:
         return {video: fingerprint for video, fingerprint in args[0]}, (args[1] if len(args) > 1 else None)
     video, fingerprint, *model = args
     return {video: fingerprint}, (model[0] if model else None)
+
+
+def live_consumer_models(client: redis.Redis, settings: Settings) -> set[str]:
+    """The models the live consumers of the video queue run: each consumer's rq workers name theirs
+    in their worker hash (:data:`WORKER_MODEL_FIELD`), which lapses with the worker's lease."""
+    worker_keys = sorted(worker_registration.get_keys(video_queue(client, settings)))
+    if not worker_keys:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        for key in worker_keys:
+            pipe.hmget(key, [WORKER_MODEL_FIELD, "death"])
+        fields = pipe.execute()
+    return {text(model) for model, death in fields if model is not None and death is None}
 
 
 def failures(client: redis.Redis, settings: Settings) -> list[dict]:

@@ -14,8 +14,10 @@ import redis
 from moments_stream.backoff import Backoff
 from moments_stream.embedded_redis import ensure_redis
 from moments_stream.errors import ConfigError, MomentsError
+from moments_stream.ledger import known_models
 from moments_stream.lithops_env import storage as lithops_storage
 from moments_stream.logs import get_logger
+from moments_stream.queues import live_consumer_models
 from moments_stream.redis_conn import REDIS_OUTAGE
 from moments_stream.resources import available_cpus
 from moments_stream.settings import Settings
@@ -55,10 +57,16 @@ def enqueue_pass(
     return report, listed
 
 
-def reclassify_target(settings: Settings, requested: str | None) -> str:
+def reclassify_target(settings: Settings, requested: str | None, client: redis.Redis | None = None) -> str:
     """The model a ``--reclassify`` is for: the one named, else the one this producer's model settings
-    (MOMENTS_WEIGHTS, MOMENTS_CATEGORIES, MOMENTS_MODEL) name, identified as a consumer would."""
+    (MOMENTS_WEIGHTS, MOMENTS_CATEGORIES, MOMENTS_MODEL) name, identified as a consumer would.
+
+    A named model must be one a live consumer runs or one that has counted videos (checked on
+    ``client``): jobs for any other model would be handed back by every consumer, each of which then
+    retires for good, and the videos would wait for a model nobody runs."""
     if requested:
+        if client is not None:
+            check_model_known(client, settings, requested)
         return requested
     from consumer.classify import configured_model_id  # torch: only --reclassify needs it
 
@@ -72,13 +80,29 @@ def reclassify_target(settings: Settings, requested: str | None) -> str:
         ) from None
 
 
+def check_model_known(client: redis.Redis, settings: Settings, model_id: str) -> None:
+    """Refuse a model id no live consumer runs and none has counted with (:func:`reclassify_target`)."""
+    running = live_consumer_models(client, settings)
+    counted = known_models(client, settings.keys)
+    if model_id in running or model_id in counted:
+        return
+    known = ", ".join(sorted(running | set(counted))) or "none yet"
+    raise ConfigError(
+        f"--for-model {model_id!r} is not a model any live consumer runs or that has counted videos "
+        f"(known: {known}); consumers would hand its jobs back and stop",
+        fix="start consumers with that model's weights first (their model_loaded event prints its id) and name "
+        "it again, or leave out --for-model and set MOMENTS_WEIGHTS to the new weights",
+    )
+
+
 def enqueue_prefix(
     settings: Settings, prefix: str, reclassify: bool = False, model_id: str | None = None
 ) -> EnqueueReport:
     """Enqueue what is new under ``prefix``; with ``reclassify``, every video again, for ``model_id``
-    (default: the model the settings name)."""
-    target = reclassify_target(settings, model_id) if reclassify else None
-    client, storage = ensure_redis(settings), lithops_storage(settings)
+    (default: the model the settings name; a model named must be known, :func:`reclassify_target`)."""
+    client = ensure_redis(settings)
+    target = reclassify_target(settings, model_id, client) if reclassify else None
+    storage = lithops_storage(settings)
     report, listed = enqueue_pass(client, storage, settings, prefix, reclassify, target)
     if listed == 0:
         raise ConfigError(

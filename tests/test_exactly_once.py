@@ -18,14 +18,23 @@ from aggregator.drain import DrainReport, apply_raws, recover_unrecorded
 from consumer.jobs import WorkerContext, bind_context, on_job_failure
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, queues, results
+from moments_stream.errors import ConfigError
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted, failed, outbox_field
-from moments_stream.queues import enqueue_videos, failures, job_videos, requeue_failed, video_queue
+from moments_stream.queues import (
+    enqueue_videos,
+    failures,
+    job_videos,
+    live_consumer_models,
+    requeue_failed,
+    video_queue,
+)
 from moments_stream.redis_conn import text
 from moments_stream.results import open_results_queue, receive_batch
 from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
-from tests.instant import InMemoryStorage, InstantClassifier
+from producer.service import enqueue_prefix, reclassify_target
+from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier
 
 KEYS = Keys()
 MODEL_A = "v1-aaaaaaaaaaaa-11111111"
@@ -330,3 +339,29 @@ def test_an_unreadable_outbox_entry_records_its_pending_video_failed(redis_clien
     assert recorded["b/v.mp4"]["error"].startswith("its outcome could not be read (payload is not JSON")
     assert recorded["b/legacy.mp4"]["fingerprint"] == "1:1"
     assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1}
+
+
+def test_reclassify_for_a_model_nobody_runs_or_counted_is_refused(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = settings_for(redis_url)
+    with pytest.raises(ConfigError, match="not a model any live consumer runs") as refused:
+        enqueue_prefix(settings, "videos/", reclassify=True, model_id="v1-typo")
+    assert "known: none yet" in refused.value.message and "start consumers with that model" in refused.value.fix
+    assert video_queue(redis_client, settings).count == 0
+
+    ledger.record(redis_client, KEYS, prediction("b/v.mp4", "juggling", "1:1", MODEL_A))  # MODEL_A has counted
+    assert reclassify_target(settings, MODEL_A, redis_client) == MODEL_A
+
+    context = WorkerContext(InstantClassifier(), redis_client, InMemoryStorage(),  # type: ignore[arg-type]
+                            open_results_queue(redis_client, settings), settings, "live")
+    bind_context(context)
+    now = time.monotonic()
+    live = ConsumerWorker([video_queue(redis_client, settings)], connection=redis_client, name="live-consumer",
+                          deadline=now + 60, hard_deadline=now + 60, lease_s=30,
+                          stop_key=settings.keys.stop_consumers())
+    live.register_birth()
+    assert live_consumer_models(redis_client, settings) == {MODEL_ID}
+    assert reclassify_target(settings, MODEL_ID, redis_client) == MODEL_ID  # a live consumer runs it
+    with pytest.raises(ConfigError, match=f"known: {MODEL_ID}, {MODEL_A}"):
+        reclassify_target(settings, MODEL_B, redis_client)
+    live.register_death()
+    assert live_consumer_models(redis_client, settings) == set()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from moments_stream.cli_common import add_command, run_cli, settings_from_args
@@ -16,9 +17,11 @@ from moments_stream.settings import DEFAULT_WORKERS, MODEL_RELEASES
 
 from . import assets
 from .classify import (
+    DecodedVideo,
     Prediction,
     bake_model,
     cpu_supports_bf16,
+    decode_video,
     load_classifier,
     resolve_device,
     resolve_model_files,
@@ -36,23 +39,34 @@ def _print_prediction(prediction: Prediction) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    classifier = load_classifier(settings, progress=stream_is_tty(sys.stderr))
-    if classifier.synthetic_weights and not args.json:
-        print(SYNTHETIC_BANNER, file=sys.stderr)
     failures = 0
-    for video in args.videos:
-        try:
-            prediction = classifier.classify_file(video)
-        except MomentsError as error:
-            failures += 1
-            print(f"error: {error.message}", file=sys.stderr)
+    # The model loads (OpenVINO compiles it) while the first video decodes: a cold start pays the
+    # longer of the two, not both.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load") as pool:
+        loading = pool.submit(load_classifier, settings, stream_is_tty(sys.stderr))
+        for index, video in enumerate(args.videos):
+            decoded: DecodedVideo | MomentsError
+            try:
+                decoded = decode_video(video, settings.num_frames, settings.max_decoded_frames)
+            except MomentsError as error:
+                decoded = error
+            classifier = loading.result()
+            if index == 0 and classifier.synthetic_weights and not args.json:
+                print(SYNTHETIC_BANNER, file=sys.stderr)
+            try:
+                if isinstance(decoded, MomentsError):
+                    raise decoded
+                prediction = classifier.classify_decoded(decoded)
+            except MomentsError as error:
+                failures += 1
+                print(f"error: {error.message}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"video": video, "error": error.message}))
+                continue
             if args.json:
-                print(json.dumps({"video": video, "error": error.message}))
-            continue
-        if args.json:
-            print(json.dumps(prediction.to_dict()))
-        else:
-            _print_prediction(prediction)
+                print(json.dumps(prediction.to_dict()))
+            else:
+                _print_prediction(prediction)
     return 1 if failures else 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from .redis_conn import redact_text
+from .redaction import redact_text
 
 
 def stream_is_tty(stream: Any) -> bool:

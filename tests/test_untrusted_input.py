@@ -22,7 +22,8 @@ from moments_stream import ledger, outcome, results
 from moments_stream.errors import ConfigError, RedisUnavailableError, VideoDecodeError
 from moments_stream.keys import Keys
 from moments_stream.logs import configure_logging, get_logger
-from moments_stream.redis_conn import connect, redact, redact_text
+from moments_stream.redaction import redact, redact_text
+from moments_stream.redis_conn import connect
 from moments_stream.settings import Settings
 from producer.listing import iter_localhost
 from tests.instant import InstantClassifier

@@ -34,6 +34,12 @@ from .classify import Classifier, Prediction
 log = get_logger(__name__)
 
 
+class TimeLimitCut(JobTimeoutException):
+    """A job cut short because its consumer's function reaches its time limit (``EXIT_SLACK_S``
+    before it), not because the job took too long: the failure callback hands the job back
+    without using up an attempt, as a consumer told to stop does."""
+
+
 @dataclass
 class WorkerContext:
     classifier: Classifier
@@ -357,11 +363,18 @@ def failure_message(exc_type: type, exc_value: BaseException) -> str:
     if issubclass(exc_type, AbandonedJobError):
         return ("its consumer died while classifying it on every attempt (killed, out of memory, or past the "
                 "function's time limit): see MOMENTS_MAX_VIDEO_BYTES / MOMENTS_JOB_TIMEOUT")
+    if issubclass(exc_type, TimeLimitCut):
+        return (f"still running when its consumer's function reached its time limit, {FREE_TIME_LIMIT_CUTS + 1} "
+                "times and on every attempt: raise the function's time limit or MOMENTS_STOP_MARGIN")
     if issubclass(exc_type, JobTimeoutException):
         return f"took longer than the job timeout on every attempt (MOMENTS_JOB_TIMEOUT): {exc_value}"
     return f"{exc_type.__name__}: {exc_value}" if str(exc_value) else exc_type.__name__
 
 
+# How often a job cut short by its function's time limit is handed back at no attempt's cost; past
+# this, further cuts are failed attempts (a video that needs more than a whole function's time
+# must not go round for ever: see MOMENTS_JOB_TIMEOUT and the function's time limit).
+FREE_TIME_LIMIT_CUTS = 3
 # How often a job whose failure callback could not record its videos is retried for that alone
 # (rq logs and swallows a callback's exception, leaving the videos pending with no job); past this,
 # the job stays in rq's failed registry and the error in the log.
@@ -384,7 +397,7 @@ def on_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_value:
         _handle_job_failure(job, connection, exc_type, exc_value)
     except Exception as error:
         failures = int(job.meta.get("callback_failures", 0)) + 1
-        job.meta["callback_failures"] = failures
+        job.meta["callback_failures"] = failures  # saved with the job when rq retries it
         if failures > CALLBACK_RETRIES:
             log.exception("failure_callback_failed", job=job.id, error=str(error), retried=False,
                           fix="the job's videos stay pending: see the error, then `consumer requeue` or the reconciler")
@@ -398,6 +411,14 @@ def _handle_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_v
     videos, wanted_model = job_videos(job.args)
     message = failure_message(exc_type, exc_value)
     first = next(iter(videos))
+    if issubclass(exc_type, TimeLimitCut) and int(job.meta.get("time_limit_cuts", 0)) < FREE_TIME_LIMIT_CUTS:
+        # Not the video's doing: rq retries the job (another consumer takes it) at no attempt's cost.
+        job.meta["time_limit_cuts"] = int(job.meta.get("time_limit_cuts", 0)) + 1  # saved with the retried job
+        job.retries_left = (job.retries_left or 0) + 1
+        log.warning("job_handed_back_at_time_limit", video=first, videos=len(videos), job=job.id,
+                    meaning="this consumer's function reaches its time limit; the job is tried again, "
+                            "not counted as a failed attempt")
+        return
     if job.retries_left:
         log.warning("video_attempt_failed", video=first, videos=len(videos), error=message,
                     retries_left=job.retries_left)

@@ -26,7 +26,7 @@ from moments_stream.results import open_results_queue
 from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, WORKER_MODEL_FIELD, Settings, cache_dir_from
 
 from .classify import load_classifier
-from .jobs import WorkerContext, bind_context, current_context_or_none
+from .jobs import TimeLimitCut, WorkerContext, bind_context, current_context_or_none
 from .leases import Heartbeat, expire_jobs_of_dead_workers, release_retry_locks_of_dead_workers
 
 log = get_logger(__name__)
@@ -83,10 +83,14 @@ class ConsumerWorker(SimpleWorker):
 
     def _time_boxed_penalty(self, timeout: int, exception: type = JobTimeoutException, **kwargs: Any) -> Any:
         """rq's job timer, cut short where the function's own time limit comes first: the video is
-        then retried by another consumer instead of the backend killing this one mid-video."""
+        then handed back (:class:`TimeLimitCut`, not a failed attempt) and retried by another
+        consumer instead of the backend killing this one mid-video."""
         seconds_left = max(1, int(self.hard_deadline - time.monotonic()))
-        bounded = seconds_left if timeout is None or timeout < 0 else min(timeout, seconds_left)
-        return TimerDeathPenalty(bounded, exception, **kwargs)
+        if timeout is None or timeout < 0 or seconds_left < timeout:
+            if exception is JobTimeoutException:
+                exception = TimeLimitCut
+            return TimerDeathPenalty(seconds_left, exception, **kwargs)
+        return TimerDeathPenalty(timeout, exception, **kwargs)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from rq import get_current_job
 from rq.job import Job, JobStatus
 
 from aggregator.drain import DrainReport, apply_raws, recover_unrecorded
@@ -22,6 +23,7 @@ from moments_stream.errors import ConfigError
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted, failed, outbox_field
 from moments_stream.queues import (
+    JOB_SERIALIZER,
     enqueue_videos,
     failures,
     job_videos,
@@ -34,7 +36,7 @@ from moments_stream.results import open_results_queue, receive_batch
 from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
 from producer.service import enqueue_prefix, reclassify_target
-from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier
+from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier, top5_of
 
 KEYS = Keys()
 MODEL_A = "v1-aaaaaaaaaaaa-11111111"
@@ -365,3 +367,35 @@ def test_reclassify_for_a_model_nobody_runs_or_counted_is_refused(redis_client: 
         reclassify_target(settings, MODEL_B, redis_client)
     live.register_death()
     assert live_consumer_models(redis_client, settings) == set()
+
+
+# Finding 5 ------------------------------------------------------------------------------------------
+
+
+def test_a_time_limit_cut_with_no_retries_hands_the_video_back_not_failed(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    settings = settings_for(redis_url, MOMENTS_JOB_RETRIES="0")
+    enqueue_videos(redis_client, settings, {"b/v/long.mp4": "1:1"})
+    seen_meta: list[dict] = []
+
+    def busy_until_cut(video: str) -> None:
+        job = get_current_job()
+        assert job is not None
+        seen_meta.append(Job.fetch(job.id, connection=redis_client, serializer=JOB_SERIALIZER).meta)
+        if len(seen_meta) > 1:
+            return  # the second attempt finishes at once
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up:  # a long decode, until the function's time limit cuts it
+            time.sleep(0.01)
+
+    classifier = InstantClassifier(before=busy_until_cut)
+    # the function's time limit (less its exit slack) comes 1 s after the start: the job is cut there
+    run_consumer(redis_client, settings, classifier, InMemoryStorage(), hard_deadline_s=1.5)
+    record_everything(redis_client, settings)
+
+    assert classifier.calls == {"b/v/long.mp4": 2}
+    assert seen_meta == [{}, {"time_limit_cuts": 1}]
+    assert failures(redis_client, settings) == []
+    assert ledger.counts(redis_client, KEYS, MODEL_ID) == {top5_of("b/v/long.mp4")[0][0]: 1}
+    assert ledger.pending_count(redis_client, KEYS) == 0

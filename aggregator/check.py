@@ -23,11 +23,11 @@ import json
 from typing import Any
 
 import redis
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from moments_stream import ledger
+from moments_stream.queues import live_consumer_models
 from moments_stream.redis_conn import text
-from moments_stream.settings import WORKER_MODEL_FIELD, Settings
+from moments_stream.settings import Settings
 
 from .reconcile import orphans_key, take_snapshot
 from .status import redis_now
@@ -132,15 +132,6 @@ def dead_letter_problems(client: redis.Redis, settings: Settings) -> list[dict[s
         problems.append({"invariant": "dead_letter_video_not_failed", "entry": text(entry), "video": video,
                          "reason": letter.get("reason") if isinstance(letter, dict) else None})
     return problems
-
-
-def live_consumer_models(client: redis.Redis, settings: Settings) -> set[str]:
-    """The models the live consumers of the queue run (their rq worker hashes, while their lease lasts)."""
-    names = [text(name) for name in client.smembers(WORKERS_BY_QUEUE_KEY % settings.queue_name)]
-    with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hget(name, WORKER_MODEL_FIELD)
-        return {text(model) for model in pipe.execute() if model is not None}
 
 
 def model_problems(client: redis.Redis, settings: Settings, job_models: dict[str | None, int]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from moments_stream import outcome
 from moments_stream.keys import Keys
 from moments_stream.logs import get_logger
+from moments_stream.outcome import outbox_identity
 from moments_stream.queues import JOB_SERIALIZER, enqueue_jobs_again, job_videos, video_queue
 from moments_stream.redis_conn import text
 from moments_stream.settings import Settings
@@ -189,12 +190,16 @@ def take_snapshot(client: redis.Redis, settings: Settings, known_jobs: KnownJobs
 
 
 def _outbox_video(name: bytes, raw: bytes) -> str:
-    """The video an outbox entry is for: its outcome's ``video``, else the field's name."""
+    """The video an outbox entry is for: its outcome's ``video``, else the one its field names
+    (``outcome.outbox_field``; the video itself for a release before)."""
     try:
         video = json.loads(raw).get("video")
     except (ValueError, AttributeError):
         video = None
-    return video if isinstance(video, str) else text(name)
+    if isinstance(video, str):
+        return video
+    identity = outbox_identity(text(name))
+    return identity[0] if identity is not None else text(name)
 
 
 @dataclass

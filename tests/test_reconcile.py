@@ -99,12 +99,16 @@ def hold_in(place: str, client: redis.Redis, settings: Settings) -> None:
         client.delete(f"rq:job:{job_id}")
         published = outcome.counted(A, "1:1", "model-x", [("juggling", 0.9)]).published(1.0)
         client.hset(settings.keys.outbox(), A, published.encode())
+    elif place == "unreadable outbox":  # awaiting the aggregator, which dead-letters it (and records the video)
+        client.delete(f"rq:job:{job_id}")
+        client.hset(settings.keys.outbox(), outcome.outbox_field(A, "1:1", None), "{not json")
     else:
         raise AssertionError(place)
 
 
 @pytest.mark.parametrize(
-    "place", ["queued", "being dequeued", "in flight", "retry scheduled", "rq's failed registry", "outbox"]
+    "place",
+    ["queued", "being dequeued", "in flight", "retry scheduled", "rq's failed registry", "outbox", "unreadable outbox"],
 )
 def test_a_video_with_a_job_anywhere_is_never_enqueued_again(
     place: str, redis_client: redis.Redis, settings: Settings

@@ -141,8 +141,13 @@ def drain(
     while not (stop_event is not None and stop_event.is_set()):
         try:
             if reconcile is not None and time.monotonic() - last_reconcile >= reconcile_every_s:
-                reconcile(report)
                 last_reconcile = time.monotonic()
+                try:
+                    reconcile(report)
+                except REDIS_OUTAGE:
+                    raise
+                except Exception as error:  # a round's bug must not stop the counting: said, and tried again
+                    log.exception("reconcile_round_failed", error=f"{type(error).__name__}: {error}")
             raws = results.receive_batch(client, keys, queue, poll_s, max_messages=ledger.MAX_BATCH)
             if not raws:
                 now = time.monotonic()

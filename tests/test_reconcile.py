@@ -11,11 +11,13 @@ import pytest
 import redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from aggregator.drain import DrainReport, drain
 from aggregator.reconcile import KnownJobs, orphans_key, reconcile, rounds_key, totals
 from aggregator.status import format_status, status_document
 from moments_stream import outcome
 from moments_stream.errors import ConfigError
 from moments_stream.queues import enqueue_videos, job_videos, video_queue
+from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
 
@@ -230,3 +232,18 @@ def test_an_aggregator_reads_each_job_once_and_still_notices_a_lost_one(
     assert reconcile(redis_client, settings, now=1.0, known_jobs=known).watched == 2
     assert known == {}
     assert reconcile(redis_client, settings, now=1.0 + AFTER_S, known_jobs=known).requeued == 2
+
+
+def test_a_failing_round_does_not_stop_the_aggregator(redis_client: redis.Redis, settings: Settings) -> None:
+    stop = threading.Event()
+    calls = []
+
+    def round_(report: DrainReport) -> None:
+        calls.append(report)
+        if len(calls) == 1:
+            raise ValueError("a bug in a round")
+        stop.set()
+
+    drain(redis_client, settings.keys, open_results_queue(redis_client, settings), stop_event=stop, poll_s=0.1,
+          reconcile=round_, reconcile_every_s=0)
+    assert len(calls) == 2

@@ -29,7 +29,13 @@ import numpy as np
 from moments_stream.errors import AssetError, ConfigError
 from moments_stream.logs import get_logger
 from moments_stream.resources import available_cpus
-from moments_stream.settings import DEFAULT_MAX_DECODED_FRAMES, DEFAULT_TOP_K, SYNTHETIC_MODEL_PREFIX, Settings
+from moments_stream.settings import (
+    DEFAULT_MAX_DECODED_FRAMES,
+    DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_TOP_K,
+    SYNTHETIC_MODEL_PREFIX,
+    Settings,
+)
 
 from . import assets, baked
 from .batching import InferenceBatcher
@@ -173,6 +179,7 @@ class Classifier:
     synthetic_weights: bool
     top_k: int = DEFAULT_TOP_K
     max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     # Set when several decode threads share the model (accelerators): videos then go through the
     # model together, several per forward pass.
     batcher: InferenceBatcher | None = None
@@ -192,7 +199,9 @@ class Classifier:
         self.batcher = InferenceBatcher(self.engine, max_videos=max_videos)
 
     def classify_file(self, path: str, name: str | None = None) -> Prediction:
-        return self.classify_decoded(decode_video(path, self.num_frames, self.max_decoded_frames, name))
+        return self.classify_decoded(
+            decode_video(path, self.num_frames, self.max_decoded_frames, self.max_frame_pixels, name)
+        )
 
     def classify_decoded(self, decoded: DecodedVideo) -> Prediction:
         started = time.perf_counter()
@@ -220,9 +229,12 @@ class DecodedVideo:
     decode_ms: float
 
 
-def decode_video(path: str, num_frames: int, max_decoded_frames: int, name: str | None = None) -> DecodedVideo:
+def decode_video(
+    path: str, num_frames: int, max_decoded_frames: int, max_frame_pixels: int, name: str | None = None
+) -> DecodedVideo:
     started = time.perf_counter()
-    sampled = read_frames(path, num_frames, max_decoded_frames, keep=resize_frame, name=name)
+    sampled = read_frames(path, num_frames, max_decoded_frames, keep=resize_frame, name=name,
+                          max_frame_pixels=max_frame_pixels)
     return DecodedVideo(name or path, sampled, round((time.perf_counter() - started) * 1000, 2))
 
 
@@ -402,6 +414,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         num_frames=settings.num_frames,
         synthetic_weights=loaded.synthetic,
         max_decoded_frames=settings.max_decoded_frames,
+        max_frame_pixels=settings.max_frame_pixels,
     )
 
 

@@ -47,7 +47,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for index, video in enumerate(args.videos):
             decoded: DecodedVideo | MomentsError
             try:
-                decoded = decode_video(video, settings.num_frames, settings.max_decoded_frames)
+                decoded = decode_video(video, settings.num_frames, settings.max_decoded_frames,
+                                       settings.max_frame_pixels)
             except MomentsError as error:
                 decoded = error
             classifier = loading.result()

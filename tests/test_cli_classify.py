@@ -94,3 +94,15 @@ def test_offline_trial_needs_only_a_test_checkpoint(tmp_path: Path) -> None:
     assert [(r["codec"], r["sampling"], r["frame_count"]) for r in records] == [("hevc", "seek", 60),
                                                                                 ("libdav1d", "seek", 60)]
     assert all(len(r["top5"]) == 5 and r["synthetic_weights"] for r in records)
+
+
+def test_frames_larger_than_the_pixel_limit_are_refused_as_the_setting_says(juggling: Path,
+                                                                             model_args: list[str]) -> None:
+    """MOMENTS_MAX_FRAME_PIXELS reaches the decoder (the clip is 480x480)."""
+    env = dict(os.environ, MOMENTS_MAX_FRAME_PIXELS=str(480 * 480 - 1))
+    done = run_consumer("classify", str(juggling), "--json", *model_args, env=env)
+    assert done.returncode == 1
+    assert "MOMENTS_MAX_FRAME_PIXELS" in json.loads(done.stdout)["error"]
+    allowed = run_consumer("classify", str(juggling), "--json", *model_args,
+                           env=dict(os.environ, MOMENTS_MAX_FRAME_PIXELS=str(480 * 480)))
+    assert allowed.returncode == 0, allowed.stderr

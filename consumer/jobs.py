@@ -281,6 +281,9 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
     batch = {video: fingerprint for video, fingerprint in videos}
     if wanted_model is not None and wanted_model != context.classifier.model_id:
         return hand_back(context, batch, wanted_model)
+    job = get_current_job() if len(batch) > 1 else None
+    if job is not None:
+        note_run(job)
     if len(batch) > 1:
         batch = ledger.unfinished(context.client, context.settings.keys, batch, wanted_model)
     todo = list(batch.items())
@@ -293,6 +296,8 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
                 enqueue_jobs_again(context.client, context.settings, rest, wanted_model)
                 log.info("batch_handed_back", videos=len(rest), first=todo[index][0], worker=context.worker_id)
                 return f"{index} of {len(todo)}, the rest handed back"
+            if job is not None:
+                note_try(job, video)
             message = classify_one(context, video, fingerprint, wanted_model)
             if is_held_for_test(context.settings, video):
                 buffer.flush()  # what the batch did before the held video is out of its hands
@@ -301,6 +306,27 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
     finally:
         buffer.flush()
     return f"{len(todo)} of {len(videos)}"
+
+
+def note_run(job: Any) -> None:
+    """A batch job's attempts are counted per video (``meta``: ``runs`` of the job, ``tries`` of each
+    video), so that a video its batch-mates' failures kept from being tried is not failed "on every
+    attempt" (:func:`on_job_failure`)."""
+    job.meta["runs"] = int(job.meta.get("runs", 0)) + 1
+    job.save_meta()
+
+
+def note_try(job: Any, video: str) -> None:
+    tries = job.meta.setdefault("tries", {})
+    tries[video] = int(tries.get(video, 0)) + 1
+    job.save_meta()
+
+
+def tried_on_every_run(job: Any, video: str) -> bool:
+    """Whether ``video`` was tried on every run of its batch job (a job of a release before, which
+    kept no count, counts as tried)."""
+    runs = int(job.meta.get("runs", 0))
+    return int(job.meta.get("tries", {}).get(video, 0)) >= runs
 
 
 def classify_video(video: str, fingerprint: str, wanted_model: str | None = None) -> str:
@@ -429,6 +455,11 @@ def _handle_job_failure(job: Any, connection: redis.Redis, exc_type: type, exc_v
         enqueue_jobs_again(connection, settings, left, wanted_model, batch=1)
         log.warning("batch_split", videos=len(left), first=next(iter(left)), error=message,
                     meaning="each video of the failed batch is tried in its own job")
+        return
+    if len(videos) > 1 and left and not tried_on_every_run(job, next(iter(left))):
+        enqueue_jobs_again(connection, settings, left, wanted_model, batch=1)
+        log.warning("batch_video_tried_alone", video=next(iter(left)), error=message,
+                    meaning="its batch-mates used up attempts it was not tried in: it gets a job of its own")
         return
     for video, fingerprint in left.items():
         model_id = wanted_model if _context is None else wanted_model or _context.classifier.model_id

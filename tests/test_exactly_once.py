@@ -4,6 +4,7 @@ both states and never in neither."""
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -251,8 +252,8 @@ def unbound() -> Iterator[None]:
 
 
 def run_consumer(client: redis.Redis, settings: Settings, classifier: InstantClassifier, storage: InMemoryStorage,
-                 hard_deadline_s: float = 3600) -> ConsumerWorker:
-    """One consumer with one real rq worker, on a thread, until idle (1 s)."""
+                 hard_deadline_s: float = 3600, idle_exit_s: int = 1) -> ConsumerWorker:
+    """One consumer with one real rq worker, on a thread, until idle (``idle_exit_s``) or told to stop."""
     context = WorkerContext(classifier, client, storage, open_results_queue(client, settings),  # type: ignore[arg-type]
                             settings, "exactly-once-test")
     bind_context(context)
@@ -261,7 +262,7 @@ def run_consumer(client: redis.Redis, settings: Settings, classifier: InstantCla
                             deadline=now + 3600, hard_deadline=now + hard_deadline_s,
                             lease_s=settings.consumer_lease_s, stop_key=settings.keys.stop_consumers())
     context.workers[worker.name] = worker
-    thread = threading.Thread(target=work_until_done, args=(worker, 1))
+    thread = threading.Thread(target=work_until_done, args=(worker, idle_exit_s))
     thread.start()
     thread.join()
     return worker
@@ -398,4 +399,45 @@ def test_a_time_limit_cut_with_no_retries_hands_the_video_back_not_failed(
     assert seen_meta == [{}, {"time_limit_cuts": 1}]
     assert failures(redis_client, settings) == []
     assert ledger.counts(redis_client, KEYS, MODEL_ID) == {top5_of("b/v/long.mp4")[0][0]: 1}
+    assert ledger.pending_count(redis_client, KEYS) == 0
+
+
+# Finding 4 ------------------------------------------------------------------------------------------
+
+
+def test_a_video_its_batch_mates_kept_from_its_attempts_gets_a_job_of_its_own(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(redis_url, MOMENTS_JOB_BATCH="2", MOMENTS_JOB_RETRIES="1")
+    monkeypatch.setattr(queues, "RETRY_INTERVALS_S", (0, 0))  # rq retries at once, not 5 s and 30 s later
+    enqueue_videos(redis_client, settings, {"b/v/a.mp4": "1:1", "b/v/b.mp4": "1:1"})
+
+    def stop_once_b_is_classified(video: str) -> None:
+        if video == "b/v/b.mp4":
+            redis_client.set(settings.keys.stop_consumers(), "1")
+
+    classifier = InstantClassifier(before=stop_once_b_is_classified)
+    # attempt 1 fails at a (b never tried); attempt 2, rq's retry, publishes a and fails at b:
+    # b was tried once of the batch's two attempts, so it is tried again alone, not failed
+    storage = InMemoryStorage(failing={"v/a.mp4": 1, "v/b.mp4": 1})
+    worker = run_consumer(redis_client, settings, classifier, storage, idle_exit_s=10)
+    record_everything(redis_client, settings)
+
+    assert worker.exit_reason == "stopped"
+    assert failures(redis_client, settings) == []
+    assert classifier.calls == {"b/v/a.mp4": 1, "b/v/b.mp4": 1}
+    assert ledger.counts(redis_client, KEYS, MODEL_ID) == collections.Counter(
+        top5_of(video)[0][0] for video in ("b/v/a.mp4", "b/v/b.mp4")
+    )
+    assert ledger.pending_count(redis_client, KEYS) == 0
+
+
+def test_a_video_tried_on_every_attempt_of_its_batch_fails_at_once(redis_client: redis.Redis, redis_url: str) -> None:
+    settings = settings_for(redis_url, MOMENTS_JOB_BATCH="2", MOMENTS_JOB_RETRIES="0")
+    enqueue_videos(redis_client, settings, {"b/v/a.mp4": "1:1", "b/v/b.mp4": "1:1"})
+    storage = InMemoryStorage(failing={"v/b.mp4": 5})
+    worker = run_consumer(redis_client, settings, InstantClassifier(), storage)
+    record_everything(redis_client, settings)
+    assert worker.jobs_run == 1 and storage.failing == {"v/b.mp4": 4}
+    assert [record["video"] for record in failures(redis_client, settings)] == ["b/v/b.mp4"]
     assert ledger.pending_count(redis_client, KEYS) == 0

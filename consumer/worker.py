@@ -12,10 +12,12 @@ from typing import Any
 
 import psutil
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import InvalidJobOperation
+from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+from rq.utils import now as rq_now
 
 from moments_stream.backoff import Backoff
 from moments_stream.lithops_env import storage as lithops_storage
@@ -132,10 +134,24 @@ class ConsumerWorker(SimpleWorker):
             log.warning("redis_unreachable_retrying", worker=self.name, error=str(error))
 
     def clean_registries(self) -> None:
+        """rq's maintenance (``Worker.clean_registries``), with the abandoned jobs' failure callbacks
+        timed by a timer: rq's registries time them with SIGALRM, which raises off the main thread
+        (decode threads, Lithops), and rq logs and swallows that, so a job abandoned on its last
+        attempt landed in rq's failed registry without its video ever being recorded failed."""
         for queue in self.queues:
             expire_jobs_of_dead_workers(queue)
             release_retry_locks_of_dead_workers(queue)
-        super().clean_registries()
+            if queue.acquire_maintenance_lock():
+                try:
+                    StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup(
+                        exception_handlers=self._exc_handlers
+                    )
+                    clean_registries(queue, self._exc_handlers)  # the other registries (the started one is clean)
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                finally:
+                    queue.release_maintenance_lock()
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]
 
     def stop_was_requested(self) -> bool:
         # rq's shutdown command (sent by `consumer stop`) sets _stop_requested; the flag covers

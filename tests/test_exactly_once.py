@@ -441,3 +441,36 @@ def test_a_video_tried_on_every_attempt_of_its_batch_fails_at_once(redis_client:
     assert worker.jobs_run == 1 and storage.failing == {"v/b.mp4": 4}
     assert [record["video"] for record in failures(redis_client, settings)] == ["b/v/b.mp4"]
     assert ledger.pending_count(redis_client, KEYS) == 0
+
+
+# Finding 1 ------------------------------------------------------------------------------------------
+
+
+def test_a_threaded_consumer_records_a_job_abandoned_on_its_last_attempt(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Decode threads run rq's maintenance off the main thread, where rq's registries could not time
+    the failure callback (SIGALRM): the callback never ran, and the video stayed pending."""
+    settings = settings_for(redis_url, MOMENTS_JOB_RETRIES="0")
+    enqueue_videos(redis_client, settings, {"b/v/killer.mp4": "1:1"})
+    queue = video_queue(redis_client, settings)
+    [job] = queue.jobs
+    queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    # what a consumer killed mid-video leaves once its lease has lapsed: an expired started entry
+    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:dead-execution": 0})
+    context = WorkerContext(InstantClassifier(), redis_client, InMemoryStorage(),  # type: ignore[arg-type]
+                            open_results_queue(redis_client, settings), settings, "threaded")
+    bind_context(context)
+    now = time.monotonic()
+    worker = ConsumerWorker([queue], connection=redis_client, name="threaded-0", deadline=now + 60,
+                            hard_deadline=now + 60, lease_s=30, stop_key=settings.keys.stop_consumers())
+    cleaner = threading.Thread(target=worker.clean_registries, name="decode-thread-1")
+    cleaner.start()
+    cleaner.join()
+    record_everything(redis_client, settings)
+
+    [record] = failures(redis_client, settings)
+    assert record["video"] == "b/v/killer.mp4" and record["error"].startswith("its consumer died while classifying")
+    assert ledger.pending_count(redis_client, KEYS) == 0
+    assert queue.failed_job_registry.get_job_ids() == [job.id]

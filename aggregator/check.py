@@ -6,6 +6,9 @@ name below) and the fields that locate it:
 - ``pending_without_job``: a pending video that no job holds (queued, being dequeued, in flight,
   scheduled for a retry, rq's failed registry) and whose outcome is not in the outbox, seen so in two
   snapshots; ``without_job_since`` is when the reconciler first saw it so (Redis clock), if it has.
+- ``pending_only_in_failed_registry``: a pending video whose only job is in rq's failed registry
+  (its failure was never recorded: the reconciler leaves such a video alone; ``consumer requeue``
+  does not see it either, as it is not failed).
 - ``pending_entry_unreadable``: a pending entry that is neither JSON nor a bare fingerprint.
 - ``counted_and_failed``: a video with a prediction of a model and a failure for that model (a
   failure that names no model: for any).
@@ -29,11 +32,12 @@ from moments_stream.queues import live_consumer_models
 from moments_stream.redis_conn import text
 from moments_stream.settings import Settings
 
-from .reconcile import orphans_key, take_snapshot
+from .reconcile import PendingEntry, Snapshot, orphans_key, take_snapshot
 from .status import redis_now
 
 INVARIANTS = (
     "pending_without_job",
+    "pending_only_in_failed_registry",
     "pending_entry_unreadable",
     "counted_and_failed",
     "counts_differ_from_predictions",
@@ -59,14 +63,26 @@ def pending_problems(client: redis.Redis, settings: Settings) -> tuple[list[dict
     problems: list[dict[str, Any]] = [{"invariant": "pending_entry_unreadable", "video": video}
                                       for video in first.unreadable]
     orphans = first.without_job()
-    if orphans:
-        again = take_snapshot(client, settings).without_job()
-        stamps = client.hmget(orphans_key(settings.keys), list(orphans))
+    in_failed_only = _only_in_failed_registry(first)
+    if orphans or in_failed_only:
+        second = take_snapshot(client, settings)
+        again, failed_again = second.without_job(), _only_in_failed_registry(second)
+        stamps = client.hmget(orphans_key(settings.keys), list(orphans)) if orphans else []
         for (video, entry), stamp in zip(orphans.items(), stamps, strict=True):
             if again.get(video) == entry:
                 problems.append({"invariant": "pending_without_job", "video": video, "fingerprint": entry.fingerprint,
                                  "model": entry.model, "without_job_since": float(stamp) if stamp else None})
+        for video, entry in in_failed_only.items():
+            if failed_again.get(video) == entry:
+                problems.append({"invariant": "pending_only_in_failed_registry", "video": video,
+                                 "fingerprint": entry.fingerprint, "model": entry.model})
     return problems, first.job_models
+
+
+def _only_in_failed_registry(snapshot: Snapshot) -> dict[str, PendingEntry]:
+    others = snapshot.queued | snapshot.in_flight | snapshot.scheduled | snapshot.outbox
+    return {video: entry for video, entry in snapshot.pending.items()
+            if video in snapshot.failed_registry and video not in others}
 
 
 def ledger_problems(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis
+from rq.registry import FailedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from aggregator.check import INVARIANTS, check_document, format_check
@@ -75,6 +76,11 @@ def test_each_broken_invariant_is_listed(redis_client: redis.Redis, settings: Se
     lost_job = queue.job_ids[-1]
     queue.remove(lost_job)
     redis_client.delete(f"rq:job:{lost_job}")
+    # pending, its only job in rq's failed registry (its failure never recorded)
+    enqueue_videos(redis_client, settings, {"chk/v/unrecorded-failure.mp4": "6:6"})
+    failed_job = queue.job_ids[-1]
+    queue.remove(failed_job)
+    redis_client.zadd(FailedJobRegistry(queue.name, connection=redis_client).key, {failed_job: 1e12})
     # counted and failed at once
     redis_client.hset(keys.failed(), names[0], outcome.failed(names[0], "0:2", "broken", model_id=MODEL).encode())
     # a count the predictions do not have
@@ -94,10 +100,12 @@ def test_each_broken_invariant_is_listed(redis_client: redis.Redis, settings: Se
     document = check_document(redis_client, settings)
     assert not document["clean"]
     assert invariants(document) == sorted([
-        "pending_without_job", "counted_and_failed", "counts_differ_from_predictions", "outbox_not_recorded",
+        "pending_without_job", "pending_only_in_failed_registry", "counted_and_failed",
+        "counts_differ_from_predictions", "outbox_not_recorded",
         "dead_letter_video_not_failed", "jobs_for_a_model_no_consumer_runs"])
     by_name = {problem["invariant"]: problem for problem in document["problems"]}
     assert by_name["pending_without_job"]["video"] == "chk/v/lost.mp4"
+    assert by_name["pending_only_in_failed_registry"]["video"] == "chk/v/unrecorded-failure.mp4"
     assert by_name["counted_and_failed"]["video"] == names[0]
     assert (by_name["counts_differ_from_predictions"]["category"], by_name["counts_differ_from_predictions"]["count"],
             by_name["counts_differ_from_predictions"]["predictions"]) == ("cat-1", 2, 1)

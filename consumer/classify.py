@@ -32,6 +32,8 @@ from moments_stream.resources import available_cpus
 from moments_stream.settings import (
     DEFAULT_MAX_DECODED_FRAMES,
     DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_PRECISION,
     DEFAULT_TOP_K,
     SYNTHETIC_MODEL_PREFIX,
     Settings,
@@ -137,6 +139,18 @@ def model_id_for(
     return SYNTHETIC_MODEL_PREFIX + model_id if synthetic else model_id
 
 
+def prediction_variant(num_frames: int, precision: str) -> str:
+    """The settings that change predictions, as a model id's suffix: the frames sampled and the
+    precision (``-8f``, ``-bf16``; none for the release's 16 frames in fp32, so those ids are as
+    before), so consumers with other settings never mix their results under one id. The engine is
+    left out: every engine gets the same input array (fp32 engines agree), and ``auto`` picks one
+    per machine, which a producer naming the model for ``--reclassify`` cannot know."""
+    parts = ([] if num_frames == DEFAULT_NUM_FRAMES else [f"{num_frames}f"]) + (
+        [] if precision == DEFAULT_PRECISION else [precision]
+    )
+    return "".join(f"-{part}" for part in parts)
+
+
 def usable_bake(settings: Settings) -> baked.BakedModel | None:
     """The baked model under the cache directory when it is the model ``settings`` ask for."""
     bake = baked.read_baked(baked.baked_dir(settings.cache_dir))
@@ -152,9 +166,10 @@ def usable_bake(settings: Settings) -> baked.BakedModel | None:
 def configured_model_id(settings: Settings) -> str:
     """The id of the model ``settings`` name, as a consumer loading them would report it: the baked
     model's own, else from the weights (downloaded into the cache if they are a URL not fetched yet)."""
+    variant = prediction_variant(settings.num_frames, settings.precision)
     bake = usable_bake(settings)
     if bake is not None:
-        return bake.model_id
+        return bake.model_id + variant
     import_torch(f"reading the checkpoint {settings.weights_source}",
                  fix="leave MOMENTS_WEIGHTS, MOMENTS_WEIGHTS_SHA256 and MOMENTS_CATEGORIES unset to use the baked "
                  f"model, or install torch ({TORCH_INSTALL})")
@@ -162,7 +177,8 @@ def configured_model_id(settings: Settings) -> str:
 
     weights_path, categories_path = resolve_model_files(settings, progress=False)
     _, synthetic = load_checkpoint(weights_path)
-    return model_id_for(settings.release.name, weights_path, assets.load_categories(categories_path), synthetic)
+    categories = assets.load_categories(categories_path)
+    return model_id_for(settings.release.name, weights_path, categories, synthetic) + variant
 
 
 @dataclass
@@ -392,9 +408,10 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
             weights=loaded.weights,
             meaning="random test weights: predictions are NOT real action recognitions",
         )
+    model_id = loaded.model_id + prediction_variant(settings.num_frames, options.precision)
     log.info(
         "model_loaded",
-        model_id=loaded.model_id,
+        model_id=model_id,
         weights=loaded.weights,
         baked=loaded.baked,
         classes=len(loaded.categories),
@@ -410,7 +427,7 @@ def load_classifier(settings: Settings, progress: bool = True) -> Classifier:
         categories=loaded.categories,
         options=options,
         engine=loaded.engine,
-        model_id=loaded.model_id,
+        model_id=model_id,
         num_frames=settings.num_frames,
         synthetic_weights=loaded.synthetic,
         max_decoded_frames=settings.max_decoded_frames,

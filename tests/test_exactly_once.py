@@ -474,3 +474,18 @@ def test_a_threaded_consumer_records_a_job_abandoned_on_its_last_attempt(
     assert record["video"] == "b/v/killer.mp4" and record["error"].startswith("its consumer died while classifying")
     assert ledger.pending_count(redis_client, KEYS) == 0
     assert queue.failed_job_registry.get_job_ids() == [job.id]
+
+
+# Finding 9 ------------------------------------------------------------------------------------------
+
+
+def test_settings_that_change_predictions_change_the_model_id(base_settings: Settings) -> None:
+    from consumer.classify import configured_model_id, load_classifier, prediction_variant
+
+    default = load_classifier(base_settings, progress=False)
+    eight = load_classifier(base_settings.replace(num_frames=8), progress=False)
+    assert default.model_id == configured_model_id(base_settings)  # the release's settings: the id as before
+    assert not default.model_id.endswith(("-16f", "-fp32"))
+    assert eight.model_id == default.model_id + "-8f" == configured_model_id(base_settings.replace(num_frames=8))
+    assert configured_model_id(base_settings.replace(precision="bf16")) == default.model_id + "-bf16"
+    assert prediction_variant(4, "fp16") == "-4f-fp16" and prediction_variant(16, "fp32") == ""

@@ -32,7 +32,7 @@ from moments_stream.queues import live_consumer_models
 from moments_stream.redis_conn import text
 from moments_stream.settings import Settings
 
-from .reconcile import PendingEntry, Snapshot, orphans_key, take_snapshot
+from .reconcile import PendingEntry, Snapshot, take_snapshot
 from .status import redis_now
 
 INVARIANTS = (
@@ -67,7 +67,7 @@ def pending_problems(client: redis.Redis, settings: Settings) -> tuple[list[dict
     if orphans or in_failed_only:
         second = take_snapshot(client, settings)
         again, failed_again = second.without_job(), _only_in_failed_registry(second)
-        stamps = client.hmget(orphans_key(settings.keys), list(orphans)) if orphans else []
+        stamps = client.hmget(settings.keys.reconcile_orphans(), list(orphans)) if orphans else []
         for (video, entry), stamp in zip(orphans.items(), stamps, strict=True):
             if again.get(video) == entry:
                 problems.append({"invariant": "pending_without_job", "video": video, "fingerprint": entry.fingerprint,

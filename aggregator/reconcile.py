@@ -52,26 +52,6 @@ return 0
 """
 
 
-def orphans_key(keys: Keys) -> str:
-    """Hash: pending video -> Redis time the reconciler first saw it with no job (cleared once it has one)."""
-    return f"{keys.namespace}:reconcile:orphans"
-
-
-def rounds_key(keys: Keys) -> str:
-    """Hash: pending video -> times the reconciler enqueued it again (cleared once it is not pending)."""
-    return f"{keys.namespace}:reconcile:rounds"
-
-
-def totals_key(keys: Keys) -> str:
-    """Hash: ``requeued`` and ``failed``, the videos the reconciler enqueued again or recorded failed, ever."""
-    return f"{keys.namespace}:reconcile:totals"
-
-
-def lock_key(keys: Keys) -> str:
-    """String with a lease: the aggregator running a reconciliation round."""
-    return f"{keys.namespace}:reconcile:lock"
-
-
 @dataclass(frozen=True)
 class PendingEntry:
     fingerprint: str
@@ -240,14 +220,14 @@ def reconcile(
     report = ReconcileReport() if report is None else report
     report.skipped = False
     token = uuid.uuid4().hex
-    if not client.set(lock_key(keys), token, nx=True, px=LOCK_TTL_MS):
+    if not client.set(keys.reconcile_lock(), token, nx=True, px=LOCK_TTL_MS):
         report.skipped = True
         return report
     try:
         _round(client, settings, redis_clock(client) if now is None else now, report, drain_report,
                {} if known_jobs is None else known_jobs)
     finally:
-        client.register_script(_RELEASE_LOCK)(keys=[lock_key(keys)], args=[token])
+        client.register_script(_RELEASE_LOCK)(keys=[keys.reconcile_lock()], args=[token])
     return report
 
 
@@ -256,17 +236,17 @@ def _round(client: redis.Redis, settings: Settings, now: float, report: Reconcil
     keys = settings.keys
     report.watched = 0
     if not client.hlen(keys.pending()):
-        client.delete(orphans_key(keys), rounds_key(keys))
+        client.delete(keys.reconcile_orphans(), keys.reconcile_rounds())
         return
     snapshot = take_snapshot(client, settings, known_jobs)
     orphans = snapshot.without_job()
-    stamps = {text(video): float(at) for video, at in client.hgetall(orphans_key(keys)).items()}
-    _forget(client, orphans_key(keys), [video for video in stamps if video not in orphans])
-    _forget(client, rounds_key(keys), [text(video) for video in client.hkeys(rounds_key(keys))
+    stamps = {text(video): float(at) for video, at in client.hgetall(keys.reconcile_orphans()).items()}
+    _forget(client, keys.reconcile_orphans(), [video for video in stamps if video not in orphans])
+    _forget(client, keys.reconcile_rounds(), [text(video) for video in client.hkeys(keys.reconcile_rounds())
                                       if text(video) not in snapshot.pending])
     fresh = [video for video in orphans if video not in stamps]
     if fresh:
-        client.hset(orphans_key(keys), items=[part for video in fresh for part in (video, now)])
+        client.hset(keys.reconcile_orphans(), items=[part for video in fresh for part in (video, now)])
     due = [video for video in orphans if video in stamps and now - stamps[video] >= settings.reconcile_after_s]
     report.watched = len(orphans) - len(due)  # this round's figure, not a running one
     if not due:
@@ -275,7 +255,7 @@ def _round(client: redis.Redis, settings: Settings, now: float, report: Reconcil
     due = [video for video in due if video in again and again[video] == orphans[video]]
     if not due:
         return
-    done = client.hmget(rounds_key(keys), due)
+    done = client.hmget(keys.reconcile_rounds(), due)
     requeue: dict[str | None, dict[str, str]] = {}
     give_up: list[str] = []
     for video, rounds in zip(due, done, strict=True):
@@ -301,9 +281,9 @@ def _requeue(client: redis.Redis, settings: Settings, videos: dict[str, str], mo
     enqueue_jobs_again(client, settings, videos, model)
     with client.pipeline(transaction=True) as pipe:
         for video in videos:
-            pipe.hincrby(rounds_key(keys), video, 1)
-        pipe.hdel(orphans_key(keys), *videos)
-        pipe.hincrby(totals_key(keys), "requeued", len(videos))
+            pipe.hincrby(keys.reconcile_rounds(), video, 1)
+        pipe.hdel(keys.reconcile_orphans(), *videos)
+        pipe.hincrby(keys.reconcile_totals(), "requeued", len(videos))
         rounds = pipe.execute()[: len(videos)]
     report.requeued += len(videos)
     for (video, fingerprint), round_number in zip(videos.items(), rounds, strict=True):
@@ -328,9 +308,9 @@ def _fail(client: redis.Redis, settings: Settings, videos: dict[str, PendingEntr
     before = recorded.failed
     apply_batch(client, keys, failures, recorded)
     with client.pipeline(transaction=True) as pipe:
-        pipe.hdel(rounds_key(keys), *videos)
-        pipe.hdel(orphans_key(keys), *videos)
-        pipe.hincrby(totals_key(keys), "failed", recorded.failed - before)
+        pipe.hdel(keys.reconcile_rounds(), *videos)
+        pipe.hdel(keys.reconcile_orphans(), *videos)
+        pipe.hincrby(keys.reconcile_totals(), "failed", recorded.failed - before)
         pipe.execute()
     report.failed += recorded.failed - before
     for video, entry in videos.items():
@@ -341,7 +321,7 @@ def _fail(client: redis.Redis, settings: Settings, videos: dict[str, PendingEntr
 def totals(client: redis.Redis, keys: Keys) -> dict[str, int]:
     """What the reconciler did, ever (``requeued``, ``failed``) and the videos it watches now (``watched``)."""
     with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(totals_key(keys), "requeued", "failed")
-        pipe.hlen(orphans_key(keys))
+        pipe.hmget(keys.reconcile_totals(), "requeued", "failed")
+        pipe.hlen(keys.reconcile_orphans())
         (requeued, failed), watched = pipe.execute()
     return {"requeued": int(requeued or 0), "failed": int(failed or 0), "watched": int(watched)}

@@ -87,6 +87,22 @@ class Keys:
         (or its container) died without a word, and the launcher stops waiting for it."""
         return self._key("launches", launch_id)
 
+    def reconcile_orphans(self) -> str:
+        """Hash: pending video -> Redis time the reconciler first saw it with no job (cleared once it has one)."""
+        return self._key("reconcile", "orphans")
+
+    def reconcile_rounds(self) -> str:
+        """Hash: pending video -> times the reconciler enqueued it again (cleared once it is not pending)."""
+        return self._key("reconcile", "rounds")
+
+    def reconcile_totals(self) -> str:
+        """Hash: ``requeued`` and ``failed``, the videos the reconciler enqueued again or recorded failed, ever."""
+        return self._key("reconcile", "totals")
+
+    def reconcile_lock(self) -> str:
+        """String with a lease: the aggregator running a reconciliation round."""
+        return self._key("reconcile", "lock")
+
     def results_list(self) -> str:
         """List: the lithops Queue consumers publish outcomes on and aggregators drain.
 

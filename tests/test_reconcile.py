@@ -12,7 +12,7 @@ import redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from aggregator.drain import DrainReport, drain
-from aggregator.reconcile import KnownJobs, orphans_key, reconcile, rounds_key, totals
+from aggregator.reconcile import KnownJobs, reconcile, totals
 from aggregator.status import format_status, status_document
 from moments_stream import outcome
 from moments_stream.errors import ConfigError
@@ -149,7 +149,7 @@ def test_after_the_bound_the_video_is_recorded_failed_with_the_reason(
     assert "MOMENTS_RECONCILE_AFTER" in failure["error"]
     assert totals(redis_client, settings.keys) == {"requeued": 4, "failed": 2, "watched": 0}
     # nothing of it left to the reconciler
-    assert not redis_client.exists(orphans_key(settings.keys), rounds_key(settings.keys))
+    assert not redis_client.exists(settings.keys.reconcile_orphans(), settings.keys.reconcile_rounds())
     document = status_document(redis_client, settings)
     assert document["reconciled"] == {"requeued": 4, "failed": 2, "watched": 0}
     assert "reconciled   requeued 4, failed 2" in format_status(document)

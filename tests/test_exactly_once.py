@@ -89,6 +89,17 @@ def test_outbox_entries_of_two_versions_and_two_models_never_overwrite_each_othe
     assert ledger.counts(redis_client, KEYS, MODEL_B) == {"dancing": 1}
 
 
+def test_published_outcomes_are_found_whatever_the_video_is_named(redis_client: redis.Redis) -> None:
+    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=3600)
+    names = ["b/we[ir]d *?.mp4", "b/back\\slash ^.mp4", "b/\u00e9t\u00e9 \u52d5\u753b.mp4", "b/plain.mp4"]
+    for video in names:
+        enqueued(redis_client, video, "1:1")
+    for video in names[:-1]:
+        results.publish(redis_client, KEYS, queue, prediction(video, "juggling", "1:1", MODEL_B))
+    redis_client.hset(KEYS.outbox(), outbox_field("b/plain.mp4x", "1:1", MODEL_B), "{}")  # a longer name
+    assert ledger.unfinished(redis_client, KEYS, dict.fromkeys(names, "1:1"), None) == {"b/plain.mp4": "1:1"}
+
+
 def test_an_outbox_entry_of_the_release_before_is_still_recovered_and_cleared(redis_client: redis.Redis) -> None:
     """Entries keyed by the video alone (consumers of the release before) are recovered, and the
     ledger clears them when their outcome is recorded from the queue."""

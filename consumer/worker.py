@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -80,8 +81,6 @@ class ConsumerWorker(SimpleWorker):
                                            logging_level="WARNING")
         self.exit_reason = "idle"
         self.jobs_run = 0
-        # Set on one worker of a consumer: the launcher's lease on the whole consumer.
-        self.launch_key: str | None = None
 
     def _time_boxed_penalty(self, timeout: int, exception: type = JobTimeoutException, **kwargs: Any) -> Any:
         """rq's job timer, cut short where the function's own time limit comes first: the video is
@@ -115,11 +114,7 @@ class ConsumerWorker(SimpleWorker):
         """The lease thread's beat: only between birth and death, so it never recreates the key."""
         if self.birth_date is not None and not self.death_registered:
             self.heartbeat()
-        self.renew_launch_lease()
 
-    def renew_launch_lease(self) -> None:
-        if self.launch_key is not None:
-            self.connection.set(self.launch_key, self.name, ex=self.lease_s)
 
     def register_death(self) -> None:
         self.death_registered = True
@@ -256,6 +251,26 @@ def work_until_done(worker: ConsumerWorker, idle_exit_s: int | None) -> None:
         worker.exit_reason = "stopped"
 
 
+class LaunchLease:
+    """Holds ``key`` (the consumer's worker id, expiring after ``lease_s``) while in use: set on
+    entry, renewed by a heartbeat thread a third of the lease apart."""
+
+    def __init__(self, client: redis.Redis, key: str, worker_id: str, lease_s: int) -> None:
+        self._client, self._key, self._worker_id, self._lease_s = client, key, worker_id, lease_s
+        self._heartbeat = Heartbeat(self.renew, lease_s / 3, worker_id)
+
+    def renew(self) -> None:
+        self._client.set(self._key, self._worker_id, ex=self._lease_s)
+
+    def __enter__(self) -> LaunchLease:
+        self.renew()
+        self._heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._heartbeat.__exit__(*exc)
+
+
 def run_consumer(
     settings: Settings,
     max_runtime_s: float,
@@ -297,23 +312,24 @@ def run_consumer(
         for name in names
     ]
     context.workers.update((worker.name, worker) for worker in workers)
-    if launch_id is not None:
-        workers[0].launch_key = settings.keys.consumer_launch(launch_id)
-        workers[0].renew_launch_lease()
     log.info("consumer_started", worker=worker_id, model_id=classifier.model_id, decode_threads=decode_threads,
              load_ms=round((time.monotonic() - started) * 1000))
-    if len(workers) == 1:
-        work_until_done(workers[0], idle_exit_s)
-    else:
-        threads = [
-            threading.Thread(target=work_until_done, args=(worker, idle_exit_s), name=worker.name) for worker in workers
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if classifier.batcher is not None:
-            classifier.batcher.close()
+    # The launcher's lease on this whole consumer (consumer.launcher.LaunchLeases), renewed until
+    # its last worker thread is done, whichever thread that is.
+    launch_lease = None if launch_id is None else LaunchLease(client, settings.keys.consumer_launch(launch_id),
+                                                               worker_id, settings.consumer_lease_s)
+    with launch_lease or contextlib.nullcontext():
+        if len(workers) == 1:
+            work_until_done(workers[0], idle_exit_s)
+        else:
+            threads = [threading.Thread(target=work_until_done, args=(worker, idle_exit_s), name=worker.name)
+                       for worker in workers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if classifier.batcher is not None:
+                classifier.batcher.close()
     summary = {
         "worker": worker_id,
         "jobs": sum(worker.jobs_run for worker in workers),

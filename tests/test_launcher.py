@@ -108,3 +108,15 @@ def test_launch_leases_tell_a_consumer_that_died_silently_from_one_still_startin
     assert [future for future, _ in never] == [starting] and "never started" in never[0][1]
     relaunch, left = relaunch_wanted({"reason": "lost"}, 1)
     assert relaunch and left == 0
+
+
+def test_a_consumer_holds_its_launch_lease_until_its_last_worker_is_done(redis_client) -> None:
+    from consumer.worker import LaunchLease
+    from moments_stream.keys import Keys
+
+    key = Keys("moments").consumer_launch("abc")
+    with LaunchLease(redis_client, key, "moments-host-1-abc", lease_s=30) as lease:
+        assert redis_client.get(key) == b"moments-host-1-abc" and 0 < redis_client.ttl(key) <= 30
+        redis_client.expire(key, 1)
+        lease.renew()  # what its heartbeat does a third of the lease apart
+        assert redis_client.ttl(key) > 1

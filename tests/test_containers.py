@@ -292,9 +292,9 @@ def test_a_consumer_container_killed_mid_video_loses_nothing(container_env: dict
     # Two launchers, each with its own container (one executor each): one is killed, one survives.
     doomed = start(launcher_env(env), "consumer", "start", "--workers", "1")
     wait_until((barrier / "reached-clip12.mp4").exists, 300, "a consumer holding clip12.mp4")
+    holder = busy_container(client)  # the one consumer so far, held at the barrier
     survivor = start(launcher_env(env), "consumer", "start", "--workers", "1")
     try:
-        holder = busy_container(client)
         docker("kill", holder)
         (barrier / "hold-clip12.mp4").unlink()
         wait_for_all(client, 6)

@@ -23,7 +23,7 @@ from moments_stream.keys import Keys
 from moments_stream.logs import get_logger
 from moments_stream.outcome import VideoOutcome
 from moments_stream.redis_conn import REDIS_OUTAGE
-from moments_stream.settings import DEFAULT_RECOVER_AFTER_S
+from moments_stream.settings import DEFAULT_RECOVER_AFTER_S, STAGE_SECONDS_BUCKETS, TIMED_STAGES
 
 log = get_logger(__name__)
 
@@ -52,9 +52,54 @@ def logged_fields(outcome: VideoOutcome) -> dict[str, object]:
 
 def apply_batch(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome], report: DrainReport) -> None:
     """Record outcomes in one atomic ledger call; logs one ``video_recorded`` event per video with
-    the outcome and the consumer's timings."""
-    for outcome, result in zip(outcomes, ledger.record_batch(client, keys, outcomes), strict=True):
+    the outcome and the consumer's timings, and adds the timings of those the ledger recorded (not
+    duplicates or stale versions) to the stage histograms."""
+    results = ledger.record_batch(client, keys, outcomes)
+    for outcome, result in zip(outcomes, results, strict=True):
         note(outcome, result, report)
+    observe_stage_timings(
+        client, keys, [outcome for outcome, result in zip(outcomes, results, strict=True)
+                       if result is ledger.RecordResult.RECORDED]
+    )
+
+
+def bucket_label(bound: float) -> str:
+    """A histogram bucket's field in Redis and its ``le`` label: ``0.005``, ``1.0``, ``+Inf``."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+BUCKET_LABELS = [*(bucket_label(bound) for bound in STAGE_SECONDS_BUCKETS), "+Inf"]
+
+
+def observe_stage_timings(client: redis.Redis, keys: Keys, recorded: list[VideoOutcome]) -> None:
+    """Add the stage timings of ``recorded`` outcomes (those that carry them) to the per-stage
+    histograms (:meth:`Keys.stage_seconds`): cumulative bucket counts, sum and count, in one
+    transaction. Telemetry only: an aggregator that dies between the ledger's step and this one
+    leaves those videos out of the histograms, never out of the counts."""
+    increments: dict[str, dict[str, int]] = {stage: {} for stage in TIMED_STAGES}
+    sums: dict[str, float] = dict.fromkeys(TIMED_STAGES, 0.0)
+    for outcome in recorded:
+        for stage in TIMED_STAGES:
+            milliseconds = getattr(outcome, f"{stage}_ms")
+            if milliseconds is None:
+                continue
+            seconds = max(0.0, float(milliseconds)) / 1000
+            fields = increments[stage]
+            for bound, label in zip(STAGE_SECONDS_BUCKETS, BUCKET_LABELS, strict=False):
+                if seconds <= bound:
+                    fields[label] = fields.get(label, 0) + 1
+            fields["+Inf"] = fields.get("+Inf", 0) + 1
+            fields["count"] = fields.get("count", 0) + 1
+            sums[stage] += seconds
+    if not any(increments.values()):
+        return
+    with client.pipeline(transaction=True) as pipe:
+        for stage, fields in increments.items():
+            for field, amount in fields.items():
+                pipe.hincrby(keys.stage_seconds(stage), field, amount)
+            if fields:
+                pipe.hincrbyfloat(keys.stage_seconds(stage), "sum", sums[stage])
+        pipe.execute()
 
 
 def note(outcome: VideoOutcome, result: ledger.RecordResult, report: DrainReport) -> None:

@@ -15,12 +15,19 @@ from rq.executions import Execution
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from moments_stream import ledger
+from moments_stream import ledger, results
 from moments_stream.queues import JOB_SERIALIZER, job_videos, video_queue
 from moments_stream.redis_conn import text
-from moments_stream.settings import SYNTHETIC_MODEL_PREFIX, THROUGHPUT_WINDOW_S, Settings
+from moments_stream.settings import (
+    RECENT_WINDOW_S,
+    SYNTHETIC_MODEL_PREFIX,
+    THROUGHPUT_WINDOW_S,
+    TIMED_STAGES,
+    Settings,
+)
 
 from . import reconcile
+from .drain import BUCKET_LABELS
 
 
 def redis_now(client: redis.Redis) -> float:
@@ -94,12 +101,36 @@ def workers(client: redis.Redis, queue_name: str, now: float) -> list[dict[str, 
     return alive
 
 
+def drain_lag_s(head: bytes | None, now: float) -> float | None:
+    """How long the oldest message on the results queue has waited for an aggregator (0 when none
+    waits), from the time its consumer published it (its own clock); ``None`` when it is unreadable."""
+    if head is None:
+        return 0.0
+    try:
+        published_at = results.decode(head).published_at
+    except results.MalformedMessage:
+        return None
+    return None if published_at is None else round(max(0.0, now - published_at), 3)
+
+
+def stage_histogram(fields: list[bytes | None]) -> dict[str, Any]:
+    """One stage's histogram from its hash's fields (``BUCKET_LABELS``, then sum and count)."""
+    *buckets, total, count = fields
+    return {
+        "buckets": {label: int(value or 0) for label, value in zip(BUCKET_LABELS, buckets, strict=True)},
+        "sum": float(total or 0),
+        "count": int(count or 0),
+    }
+
+
 def status_document(client: redis.Redis, settings: Settings, model_id: str | None = None) -> dict[str, Any]:
-    """Every state's size, the live workers, throughput and ETA, read in one MULTI snapshot."""
+    """Every state's size, the live workers, throughput and ETA, the model's counts per category and
+    the stage timings, read in one MULTI snapshot: what ``status``, ``top`` and ``metrics`` show."""
     keys = settings.keys
     model = ledger.resolve_model(client, keys, model_id)
     queue = video_queue(client, settings)
     now = redis_now(client)
+    minutes = RECENT_WINDOW_S // 60
     with client.pipeline(transaction=True) as pipe:
         pipe.hlen(keys.pending())
         pipe.llen(queue.key)
@@ -108,11 +139,25 @@ def status_document(client: redis.Redis, settings: Settings, model_id: str | Non
         pipe.hlen(keys.outbox())
         pipe.hlen(keys.failed())
         pipe.zcount(keys.recent(), now - THROUGHPUT_WINDOW_S, "+inf")
+        pipe.hlen(keys.dead_letters())
+        pipe.llen(keys.results_list())
+        pipe.lindex(keys.results_list(), 0)  # the oldest message: consumers push on the right
+        pipe.hgetall(keys.counts(model or ""))  # read only when there is a model
+        for minute in range(minutes - 1, -1, -1):  # finishes per minute, the oldest minute first
+            pipe.zcount(keys.recent(), f"({now - (minute + 1) * 60}", now - minute * 60 if minute else "+inf")
+        for stage in TIMED_STAGES:
+            pipe.hmget(keys.stage_seconds(stage), [*BUCKET_LABELS, "sum", "count"])
         models = ledger.known_models(client, keys)
         for known in models:
             pipe.hlen(keys.predictions(known))
-        pending, queued, in_flight, retry_scheduled, outbox, failed, finished, *counted = pipe.execute()
+        replies = pipe.execute()
+    pending, queued, in_flight, retry_scheduled, outbox, failed, finished, dead_letters, results_queued = replies[:9]
+    head, raw_counts = replies[9:11]
+    per_minute = replies[11 : 11 + minutes]
+    histograms = replies[11 + minutes : 11 + minutes + len(TIMED_STAGES)]
+    counted = replies[11 + minutes + len(TIMED_STAGES) :]
     counted_by_model = dict(zip(models, counted, strict=True))
+    by_category = ledger.sorted_counts({text(name): int(value) for name, value in raw_counts.items()}) if model else []
     live = workers(client, queue.name, now)
     eta = eta_seconds(pending, finished, THROUGHPUT_WINDOW_S)
     return {
@@ -127,8 +172,18 @@ def status_document(client: redis.Redis, settings: Settings, model_id: str | Non
         "finished_last_minute": finished,
         "throughput_per_s": round(finished / THROUGHPUT_WINDOW_S, 3),
         "eta_s": None if eta is None else round(eta, 1),
+        # videos finished (counted or failed) in each of the last minutes, the oldest first
+        "finished_per_minute": per_minute,
+        "dead_letters": dead_letters,
+        # messages on the results queue not yet taken by an aggregator; how long the oldest has waited
+        "results_queued": results_queued,
+        "drain_lag_s": drain_lag_s(head, now),
         "workers_alive": len(live),
         "workers": live,
+        # the model's videos per top-1 category, most frequent first
+        "counts": dict(by_category),
+        "stage_seconds": {stage: stage_histogram(fields) for stage, fields in zip(TIMED_STAGES, histograms,
+                                                                                  strict=True)},
         "counted_by_model": counted_by_model,
         # the reconciler: videos it enqueued again or recorded failed, ever; those it watches now
         "reconciled": reconcile.totals(client, keys),
@@ -152,6 +207,10 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _lag(seconds: float | None) -> str:
+    return "unknown: unreadable" if seconds is None else f"{seconds:.1f} s"
+
+
 def format_status(document: dict[str, Any]) -> str:
     lines = [
         f"model        {model_label(document['model'])}",
@@ -164,6 +223,8 @@ def format_status(document: dict[str, Any]) -> str:
         f"throughput   {document['finished_last_minute']} videos in the last {THROUGHPUT_WINDOW_S} s "
         f"({document['throughput_per_s']:.2f}/s)",
         f"ETA          {_duration(document['eta_s'])}",
+        f"aggregator   {document['results_queued']} on the results queue (oldest waited "
+        f"{_lag(document['drain_lag_s'])}), dead letters {document['dead_letters']}",
         f"reconciled   requeued {document['reconciled']['requeued']}, failed {document['reconciled']['failed']} "
         f"(pending with no job anywhere; {document['reconciled']['watched']} watched now)",
         f"workers      {document['workers_alive']} alive",

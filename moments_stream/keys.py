@@ -103,6 +103,12 @@ class Keys:
         """String with a lease: the aggregator running a reconciliation round."""
         return self._key("reconcile", "lock")
 
+    def stage_seconds(self, stage: str) -> str:
+        """Hash: one timed stage's histogram (``settings.TIMED_STAGES``) over the outcomes the ledger
+        recorded: cumulative bucket counts under each upper bound in seconds (``"0.5"``, ..., ``"+Inf"``),
+        ``sum`` (seconds) and ``count``; kept by the aggregator's drain, served by ``aggregator metrics``."""
+        return self._key("timings", stage)
+
     def results_list(self) -> str:
         """List: the lithops Queue consumers publish outcomes on and aggregators drain.
 

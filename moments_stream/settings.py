@@ -124,6 +124,11 @@ SYNTHETIC_MODEL_PREFIX = "synthetic-"
 RECENT_WINDOW_S = 600
 # `aggregator status` reports throughput over this last stretch of time.
 THROUGHPUT_WINDOW_S = 60
+# The stages a consumer times (an outcome's download_ms, decode_ms, infer_ms), and the upper bounds
+# in seconds of their histograms' buckets (`aggregator metrics`). The aggregator keeps cumulative
+# bucket counts in Redis (Keys.stage_seconds): changing the bounds needs those hashes deleted.
+TIMED_STAGES = ("download", "decode", "infer")
+STAGE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 def cache_dir_from(env: Mapping[str, str]) -> Path:

@@ -9,8 +9,10 @@ import argparse
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
+
+from rich.console import RenderableType
+from rich.text import Text
 
 from moments_stream import ledger
 from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
@@ -22,20 +24,21 @@ from .check import check_document, format_check
 from .counts import counts_document, format_counts
 from .drain import drain
 from .export import FORMATS, export_rows, write_file, write_rows
+from .metrics import serve_metrics
 from .reconcile import KnownJobs, ReconcileReport, reconcile, reconcile_interval_s
 from .status import format_status, status_document
+from .top import DEFAULT_ROWS, guarded, render_top, watch
 
 log = get_logger(__name__)
 
 
 def show(render: Callable[[], str], args: argparse.Namespace) -> int:
-    """Print a view once, or with ``--watch`` redraw it every ``--interval`` until interrupted."""
+    """Print a view once, or with ``--watch`` redraw it every ``--interval`` until ``q`` or Ctrl-C
+    (in place on a terminal, as plain text blocks otherwise: ``aggregator.top.watch``)."""
     if not args.watch:
         print(render())
         return 0
-    while True:
-        print("\033[2J\033[H" + render(), flush=True)
-        time.sleep(args.interval)
+    return watch(guarded(lambda: Text(render())), args.interval, args.iterations)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -44,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop, "aggregator_stopping")
     log.info("aggregator_started", idle_exit_s=args.idle_exit)
+    server = None
+    if args.metrics_port is not None:
+        server = serve_metrics(client, settings, args.metrics_port, args.metrics_addr)
     reconciled = ReconcileReport()
     known_jobs: KnownJobs = {}
     report = drain(
@@ -57,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                             known_jobs=known_jobs),
         reconcile_every_s=reconcile_interval_s(settings),
     )
+    if server is not None:
+        server.shutdown()
     print(
         f"counted {report.counted}, failed {report.failed}, duplicates {report.duplicates}, stale {report.stale}, "
         f"recovered from outbox {report.recovered}, dead letters {report.dead_letters}, "
@@ -82,6 +90,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status_document(client, settings, args.model_id)))
         return 0
     return show(lambda: format_status(status_document(client, settings, args.model_id)), args)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    status_document(client, settings, args.model_id)  # an unknown --model stops here, before the view
+
+    def render() -> RenderableType:
+        return render_top(status_document(client, settings, args.model_id), args.rows, args.interval)
+
+    return watch(guarded(render), args.interval, args.iterations)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    client = ensure_redis(settings)
+    stop = threading.Event()
+    stop_on_signals(stop, "metrics_stopping")
+    server = serve_metrics(client, settings, args.metrics_port, args.metrics_addr)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -110,8 +142,28 @@ def add_model_id_option(parser: argparse.ArgumentParser) -> None:
 def add_view_options(parser: argparse.ArgumentParser, json_help: str) -> None:
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    parser.add_argument("--interval", type=float, default=2.0, metavar="S", help="--watch refresh period")
+    add_refresh_options(parser, "--watch refresh period")
     add_model_id_option(parser)
+
+
+def add_refresh_options(parser: argparse.ArgumentParser, interval_help: str) -> None:
+    parser.add_argument("--interval", type=positive_seconds, default=2.0, metavar="S", help=interval_help)
+    parser.add_argument("--iterations", type=int, metavar="N",
+                        help="stop after N refreshes (default: until q or Ctrl-C)")
+
+
+def positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
+    return seconds
+
+
+def add_metrics_options(parser: argparse.ArgumentParser, prefix: str, required: bool) -> None:
+    parser.add_argument(f"--{prefix}port", type=int, required=required, metavar="N", dest="metrics_port",
+                        help="serve Prometheus metrics on http://ADDR:N/metrics (0: any free port; the URL is printed)")
+    parser.add_argument(f"--{prefix}addr", default="0.0.0.0", metavar="ADDR", dest="metrics_addr",
+                        help="the address it listens on (default 0.0.0.0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,11 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = add_command(sub, cmd_run, "run", help="drain predictions into the counts until interrupted", redis=True)
     run.add_argument("--idle-exit", type=float, metavar="S",
                      help="return once nothing arrived for S seconds and no video is pending")
+    add_metrics_options(run, "metrics-", required=False)
     counts = add_command(sub, cmd_counts, "counts", help="print the category counts, most frequent first", redis=True)
     add_view_options(counts, "one JSON object: model, counts, counted, pending, failed")
     status = add_command(sub, cmd_status, "status", help="pending, in flight, counted, failed, workers, ETA",
                          redis=True)
     add_view_options(status, "one JSON object with every figure (README: Watching a run)")
+    top = add_command(sub, cmd_top, "top", help="live view: top categories, throughput, pending, workers, ETA "
+                      "(q quits; plain text when stdout is not a terminal)", redis=True)
+    add_refresh_options(top, "refresh period")
+    top.add_argument("--rows", type=int, default=DEFAULT_ROWS, metavar="N", help="categories shown (10)")
+    add_model_id_option(top)
+    metrics = add_command(sub, cmd_metrics, "metrics", help="serve Prometheus metrics (read from Redis at each "
+                          "scrape) until interrupted", redis=True)
+    add_metrics_options(metrics, "", required=True)
     check = add_command(sub, cmd_check, "check", help="audit the namespace: list every invariant that does not hold "
                         "(exit 1 if any)", redis=True)
     check.add_argument("--json", action="store_true", help="one JSON object: clean, problems")

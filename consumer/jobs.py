@@ -29,6 +29,7 @@ from moments_stream.queues import enqueue_jobs_again, job_videos
 from moments_stream.settings import Settings
 from moments_stream.videos import split_video_id
 
+from . import hooks
 from .classify import Classifier, Prediction
 
 log = get_logger(__name__)
@@ -201,28 +202,6 @@ def _copy_localhost(bucket: str, key: str, path: str, limit: int) -> str:
     return path
 
 
-def is_held_for_test(settings: Settings, key: str) -> bool:
-    """Tests only (``MOMENTS_TEST_BARRIER_DIR``): whether a ``hold-<name>`` file asks to hold ``key``."""
-    if settings.test_barrier_dir is None:
-        return False
-    return os.path.exists(os.path.join(settings.test_barrier_dir, f"hold-{safe_local_name(key)}"))
-
-
-def hold_for_test(settings: Settings, key: str) -> None:
-    """Tests only: stop before publishing ``key``'s outcome while its ``hold-<name>`` file exists
-    (:func:`is_held_for_test`), after writing ``reached-<name>``, so that a fault test acts while
-    this video is known to be in this worker's hands (and nothing else of its batch is)."""
-    if settings.test_barrier_dir is None:
-        return
-    name = safe_local_name(key)
-    hold = os.path.join(settings.test_barrier_dir, f"hold-{name}")
-    with open(os.path.join(settings.test_barrier_dir, f"reached-{name}"), "w") as reached:
-        reached.write(f"{os.getpid()}\n")
-    log.warning("test_barrier_holding", video=key, hold=hold)
-    while os.path.exists(hold):
-        time.sleep(0.05)
-
-
 def _elapsed_ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
@@ -299,9 +278,7 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
             if job is not None:
                 note_try(job, video)
             message = classify_one(context, video, fingerprint, wanted_model)
-            if is_held_for_test(context.settings, video):
-                buffer.flush()  # what the batch did before the held video is out of its hands
-                hold_for_test(context.settings, video)
+            hooks.run_before_publish(video, buffer.flush)
             buffer.add(message)
     finally:
         buffer.flush()

@@ -26,6 +26,7 @@ import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
+from tests.barrier import build_barrier_image, with_barrier
 from tests.docker_engine import docker_gateway
 from tests.pipeline import client_for, counts_of, direct_top1, make_clips, pipeline_environment, run, start, wait_until
 from tests.redis_server import RedisServer
@@ -279,13 +280,18 @@ def busy_container(client: redis.Redis) -> str:
     return busy[0].split("-")[1]
 
 
-def test_a_consumer_container_killed_mid_video_loses_nothing(container_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_consumer_container_killed_mid_video_loses_nothing(container_env: dict[str, str], images: Images,
+                                                          tmp_path: Path) -> None:
     folder = tmp_path / "videos"
     expected = direct_top1(container_env, make_clips(folder, range(10, 16)))
     barrier = tmp_path / "barrier"  # under /tmp, which Lithops mounts into its containers
     barrier.mkdir()
     (barrier / "hold-clip12.mp4").touch()
-    env = dict(container_env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    # The functions run in the CPU image with the barrier added (tests/barrier.py): nothing else reaches them.
+    held_image = build_barrier_image(images.cpu, barrier, f"moments-stream-test-barrier:{TAG}")
+    config = tmp_path / "lithops-barrier.yaml"
+    config.write_text(f"lithops:\n  backend: localhost\n  storage: localhost\nlocalhost:\n  runtime: {held_image}\n")
+    env = with_barrier(dict(container_env, LITHOPS_CONFIG_FILE=str(config)), barrier)
     enqueue_clips(env, folder)
     aggregator = start(env, "aggregator", "run")
     client = client_for(env)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 
+from tests.barrier import with_barrier
 from tests.pipeline import BIN, counts, current_model, direct_top1, make_clips, run, start, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -142,7 +143,7 @@ def test_consumer_with_several_decode_threads_batches_videos_exactly(
     barrier.mkdir()
     held = barrier / f"hold-{clips[0].name}"
     held.touch()
-    env = dict(pipeline_env, MOMENTS_DECODE_THREADS="3", MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    env = with_barrier(dict(pipeline_env, MOMENTS_DECODE_THREADS="3"), barrier)
     running = start(env, "moments-stream", "run", str(folder), "--workers", "1")
     client = redis.Redis.from_url(env["MOMENTS_REDIS_URL"])
     wait_until(lambda: client.hlen(f"moments:predictions:{current_model(client)}") == len(clips) - 1

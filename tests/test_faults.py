@@ -25,6 +25,7 @@ import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
 from consumer.launcher import consumer_runtime_s
+from tests.barrier import with_barrier
 from tests.media import synthetic_frames, write_h264
 from tests.pipeline import (
     client_for,
@@ -109,7 +110,7 @@ def start_pipeline(env: dict[str, str], folder: Path, seeds: range) -> RunningPi
 
 
 def hold(barrier: Path, *names: str) -> None:
-    """Consumers stop before publishing these videos (their test barrier, MOMENTS_TEST_BARRIER_DIR)."""
+    """Consumers stop before publishing these videos (the test barrier, tests/barrier.py)."""
     barrier.mkdir(exist_ok=True)
     for name in names:
         (barrier / f"hold-{name}").touch()
@@ -129,7 +130,7 @@ def kill_the_holder(barrier: Path, name: str) -> int:
 def test_consumer_killed_mid_video_twice(env: dict[str, str], tmp_path: Path) -> None:
     barrier = tmp_path / "barrier"
     hold(barrier, "clip05.mp4", "clip17.mp4")
-    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    env = with_barrier(env, barrier)
     pipeline = start_pipeline(env, tmp_path / "in", range(30))
     client = pipeline.client
 
@@ -156,7 +157,7 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     # that consumer certainly leaves for its time limit with videos still pending, however fast it is;
     # the other video of its job is handed back, not classified past the deadline.
     hold(barrier, "clip40.mp4")
-    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    env = with_barrier(env, barrier)
     expected = direct_top1(env, make_clips(tmp_path / "in", range(40, 52)))
     upload_and_enqueue(env, tmp_path / "in")
     aggregator = start(env, "aggregator", "run")
@@ -188,7 +189,7 @@ def test_video_that_kills_its_consumer_on_every_attempt_is_recorded_failed(env: 
     barrier = tmp_path / "barrier"
     # Every attempt at killer.mp4 stops before publishing, so each kill lands while it is in hand.
     hold(barrier, "killer.mp4")
-    env = dict(env, MOMENTS_JOB_RETRIES="1", MOMENTS_TEST_BARRIER_DIR=str(barrier))  # two attempts
+    env = with_barrier(dict(env, MOMENTS_JOB_RETRIES="1"), barrier)  # two attempts
     folder = tmp_path / "in"
     expected = direct_top1(env, make_clips(folder, range(4)))
     write_h264(folder / "killer.mp4", synthetic_frames(30, seed=99))
@@ -227,7 +228,7 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
     barrier = tmp_path / "barrier"
     held = [f"clip{seed}.mp4" for seed in range(43, 52)]
     hold(barrier, *held)
-    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    env = with_barrier(env, barrier)
     pipeline = start_pipeline(env, tmp_path / "in", range(40, 52))
     client = pipeline.client
     wait_until(lambda: client.hlen(predictions_key(client)) == 3, 120, "the three videos not held")
@@ -257,7 +258,7 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
 def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, str], tmp_path: Path) -> None:
     barrier = tmp_path / "barrier"
     hold(barrier, "clip70.mp4")  # so that Redis goes away mid-run, with a video in a consumer's hands
-    env = dict(env, MOMENTS_TEST_BARRIER_DIR=str(barrier))
+    env = with_barrier(env, barrier)
     pipeline = start_pipeline(env, tmp_path / "in", range(60, 80))
     client = pipeline.client
     wait_until((barrier / "reached-clip70.mp4").exists, 180, "a consumer holding clip70.mp4")

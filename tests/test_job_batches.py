@@ -7,15 +7,21 @@ one video a job."""
 from __future__ import annotations
 
 import collections
+import dataclasses
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from aggregator.drain import DrainReport, apply_raws
+from consumer import hooks
 from consumer.jobs import OutcomeBuffer, WorkerContext, bind_context
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, outcome, results
@@ -25,6 +31,7 @@ from moments_stream.outcome import VideoOutcome
 from moments_stream.queues import enqueue_videos, job_videos, video_queue
 from moments_stream.results import open_results_queue, receive_batch
 from moments_stream.settings import MAX_PUBLISH_LINGER_MS, Settings
+from tests.barrier import BARRIER_ENV, install, remove, with_barrier
 from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier, top5_of
 
 BUCKET = "batches"
@@ -218,3 +225,63 @@ def test_batch_settings_out_of_range_are_refused_with_the_fix(name: str, value: 
     with pytest.raises(ConfigError, match=f"{name}={value} is out of range") as refused:
         Settings.from_env({name: value})
     assert re.search(fix, refused.value.fix)
+
+
+# --- the hook point the fault tests' barrier uses (consumer.hooks; tests/barrier.py) --------------
+
+
+def test_a_before_publish_hook_holds_a_video_with_the_rest_of_its_batch_published(
+    redis_client: redis.Redis, settings: Settings, tmp_path
+) -> None:
+    """The barrier, installed in this process through the product's hook point: the consumer stops
+    before publishing the held video, with its batch-mates before it already published; released,
+    it publishes it and goes on."""
+    settings = settings.replace(publish_linger_ms=MAX_PUBLISH_LINGER_MS)  # nothing published early by itself
+    batch = videos(4)
+    names = list(batch)
+    enqueue_videos(redis_client, settings, batch)
+    held = tmp_path / "hold-02.mp4"
+    held.touch()
+    barrier = install(tmp_path)
+    try:
+        consumer = threading.Thread(target=run_consumer,
+                                    args=(redis_client, settings, InstantClassifier(), InMemoryStorage()))
+        consumer.start()
+        reached = tmp_path / "reached-02.mp4"
+        while not reached.exists():  # the consumer holds 02.mp4 (no clock: the file says so)
+            consumer.join(0.05)
+            assert consumer.is_alive(), "the consumer finished without holding the video"
+        published = {results.decode(raw).video for raw in redis_client.lrange(settings.keys.results_list(), 0, -1)}
+        assert published == set(names[:2])  # the two before it, and neither 02 nor 03
+        assert reached.read_text().strip().isdigit()
+        held.unlink()
+        consumer.join()
+    finally:
+        remove(barrier)
+    record_all(redis_client, settings)
+    assert ledger.counts(redis_client, settings.keys, MODEL_ID) == expected_counts(names)
+    assert hooks.before_publish == []
+
+
+HOOKS_IN_A_NEW_PROCESS = "from consumer import hooks; print(len(hooks.before_publish))"
+
+
+def test_a_process_started_with_the_barrier_has_it_and_one_without_has_no_hook(tmp_path) -> None:
+    """What the fault tests' consumers get (``with_barrier``: a test-only ``sitecustomize`` on the path),
+    and what the product gets by itself: no hook at all."""
+    plain = {name: value for name, value in os.environ.items() if name not in (BARRIER_ENV, "PYTHONPATH")}
+    without = subprocess.run([sys.executable, "-c", HOOKS_IN_A_NEW_PROCESS], env=plain, capture_output=True,
+                             text=True, check=True)
+    with_it = subprocess.run([sys.executable, "-c", HOOKS_IN_A_NEW_PROCESS], env=with_barrier(plain, tmp_path),
+                             capture_output=True, text=True, check=True)
+    assert (without.stdout.strip(), with_it.stdout.strip()) == ("0", "1")
+
+
+def test_the_product_carries_no_test_code() -> None:
+    """The barrier lives in tests/ alone: no product module names it, its variable or a test hook."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = [path for package in ("moments_stream", "producer", "consumer", "aggregator", "pipeline")
+               for path in (repo / package).rglob("*.py")]
+    words = re.compile(r"TEST_BARRIER|test_barrier|hold_for_test|is_held_for_test|barrier_dir")
+    assert [str(path.relative_to(repo)) for path in sources if words.search(path.read_text())] == []
+    assert "test_barrier_dir" not in {field.name for field in dataclasses.fields(Settings)}

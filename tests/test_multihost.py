@@ -5,7 +5,7 @@ backend addresses; operator hosts running ``producer`` and ``aggregator`` by the
 
 Each case ends with exact counts, no video lost or counted twice, and ``recovered from outbox 0``
 (no aggregator is killed here, so the results queue, not the rescue path, must carry every result).
-Faults are timed by a barrier the consumer exposes to tests (MOMENTS_TEST_BARRIER_DIR), not by sleeps.
+Faults are timed by the test barrier the consumers are started with (tests/barrier.py), not by sleeps.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.barrier import barrier_vars
 from tests.hosts import Cluster, Host, cluster, namespaces_unavailable, scratch_namespace
 from tests.pipeline import direct_top1, make_clips, pipeline_environment, wait_until
 from tests.redis_server import TLS_CAPABLE_BINARY, make_tls_files
@@ -323,7 +324,7 @@ def test_worker_host_cut_off_mid_video_then_back(pipeline: Run, tmp_path: Path) 
     aggregator = run.start(deployment.operators[0], "aggregator", "run")
     held_worker, other_worker = deployment.workers
     consumers = [run.start(held_worker, "consumer", "start", "--workers", "1",
-                           MOMENTS_TEST_BARRIER_DIR=str(run.barrier))]
+                           **barrier_vars(run.barrier))]
     wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
     held_worker.cut_off()
     try:
@@ -359,7 +360,7 @@ def start_with_a_video_held(run: Run, video: str):
     upload_and_enqueue(run, deployment.operators[0], run.logs.parent / "in")
     aggregator = run.start(deployment.operators[0], "aggregator", "run")
     consumers = run.start(deployment.workers[0], "consumer", "start", "--workers", "1",
-                          MOMENTS_TEST_BARRIER_DIR=str(run.barrier))
+                          **barrier_vars(run.barrier))
     wait_until(lambda: reached(run, video), 180, "worker 1 holding the video before publishing it")
     return aggregator, consumers
 

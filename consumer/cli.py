@@ -12,7 +12,7 @@ from pathlib import Path
 
 from moments_stream.cli_common import add_command, run_cli, settings_from_args
 from moments_stream.errors import MomentsError
-from moments_stream.logs import stream_is_tty
+from moments_stream.logs import get_logger, stream_is_tty, tell
 from moments_stream.settings import DEFAULT_WORKERS, MODEL_RELEASES
 
 from . import assets
@@ -27,6 +27,8 @@ from .classify import (
     resolve_model_files,
 )
 from .engines import DEFAULT_CPU_ENGINE, InferenceOptions, resolve_engine
+
+log = get_logger(__name__)
 
 SYNTHETIC_BANNER = "WARNING: synthetic random test weights - these are NOT real action predictions"
 
@@ -53,14 +55,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 decoded = error
             classifier = loading.result()
             if index == 0 and classifier.synthetic_weights and not args.json:
-                print(SYNTHETIC_BANNER, file=sys.stderr)
+                tell(log, "synthetic_weights", SYNTHETIC_BANNER, level="warning")
             try:
                 if isinstance(decoded, MomentsError):
                     raise decoded
                 prediction = classifier.classify_decoded(decoded)
             except MomentsError as error:
                 failures += 1
-                print(f"error: {error.message}", file=sys.stderr)
+                tell(log, "video_failed", f"error: {error.message}", level="error", video=video)
                 if args.json:
                     print(json.dumps({"video": video, "error": error.message}))
                 continue
@@ -80,7 +82,7 @@ def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(make_synthetic_checkpoint(classes, seed=args.seed), out)
-    print(f"wrote synthetic {classes}-class checkpoint to {out} ({SYNTHETIC_BANNER})", file=sys.stderr)
+    tell(log, "checkpoint_written", f"wrote synthetic {classes}-class checkpoint to {out} ({SYNTHETIC_BANNER})")
     return 0
 
 
@@ -88,7 +90,8 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     """Download (or find) the weights and categories in the cache and record their SHA-256 there;
     convert the model for the CPU engine; with --bake, write the baked model a runtime image carries."""
     if args.without_weights and not args.bake:
-        print("--without-weights leaves the weights out of the baked model: pass it with --bake", file=sys.stderr)
+        tell(log, "bad_arguments", "--without-weights leaves the weights out of the baked model: pass it with --bake",
+             level="error")
         return 2
     settings = settings_from_args(args)
     if args.cache_dir:
@@ -110,11 +113,11 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
         engines = sorted({DEFAULT_CPU_ENGINE} | ({engine} - {"torch"}))
         directory, manifest = bake_model(settings, with_weights=not args.without_weights, engines=engines,
                                          progress=stream_is_tty(sys.stderr))
-        print(f"baked {manifest.model_id} for {', '.join(engines)} into {directory}"
-              f"{'' if manifest.weights else ' (without the weights)'}", file=sys.stderr)
+        tell(log, "model_baked", f"baked {manifest.model_id} for {', '.join(engines)} into {directory}"
+             f"{'' if manifest.weights else ' (without the weights)'}")
     elif engine != "torch":  # convert now, so that functions started from this cache load it ready-made
         converted = getattr(load_classifier(settings, progress=False).engine, "converted", None)
-        print(f"converted for {engine}: {converted}", file=sys.stderr)
+        tell(log, "model_converted", f"converted for {engine}: {converted}")
     return 0
 
 
@@ -142,7 +145,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from moments_stream.queues import failures
+    from moments_stream.failures import failures
     from moments_stream.redis_conn import connect
 
     settings = settings_from_args(args)
@@ -150,23 +153,23 @@ def cmd_failures(args: argparse.Namespace) -> int:
     for record in records:
         print(json.dumps(record) if args.json else f"{record['video']}\t{record['error']}")
     if not args.json:
-        print(f"{len(records)} failed video(s); `consumer requeue --all` tries them again", file=sys.stderr)
+        tell(log, "failures_listed", f"{len(records)} failed video(s); `consumer requeue --all` tries them again")
     return 0
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from moments_stream.queues import as_video_id, requeue_failed
+    from moments_stream.failures import as_video_id, requeue_failed
     from moments_stream.redis_conn import connect
 
     if not args.all and not args.videos:
-        print("name the videos to requeue, or pass --all", file=sys.stderr)
+        tell(log, "bad_arguments", "name the videos to requeue, or pass --all", level="error")
         return 2
     settings = settings_from_args(args)
     requeued = requeue_failed(connect(settings.redis_url), settings, None if args.all else args.videos)
     unknown = sorted(name for name in args.videos if as_video_id(requeued, settings.bucket, name) not in requeued)
     print(f"requeued {len(requeued)}")
     if unknown:
-        print(f"not in the failed set: {', '.join(unknown)}", file=sys.stderr)
+        tell(log, "videos_unknown", f"not in the failed set: {', '.join(unknown)}", level="error")
         return 1
     return 0
 

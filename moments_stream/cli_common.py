@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import MomentsError
-from .logs import configure_logging, get_logger
+from .logs import configure_logging, get_logger, tell
 from .settings import ENGINES, MODEL_RELEASES, PRECISIONS, Settings
+
+log = get_logger(__name__)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +71,7 @@ def stop_on_signals(stop: threading.Event, event: str) -> None:
     returns normally instead of dying mid-write."""
 
     def handler(signum: int, frame: object) -> None:
-        get_logger(__name__).info(event, signal=signal.Signals(signum).name)
+        log.info(event, signal=signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -85,10 +86,15 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         return args.handler(args)
     except MomentsError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        if error.fix:
-            print(f"fix: {error.fix}", file=sys.stderr)
+        report_error(error)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        tell(log, "interrupted", "interrupted", level="warning")
         return 130
+
+
+def report_error(error: MomentsError) -> None:
+    """``error: <message>`` and ``fix: <fix>`` on stderr (each an ERROR event in JSON mode)."""
+    tell(log, "command_failed", f"error: {error.message}", level="error")
+    if error.fix:
+        tell(log, "command_fix", f"fix: {error.fix}", level="error")

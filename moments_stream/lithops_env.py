@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -27,10 +26,10 @@ def lithops_config(settings: Settings, workers: int | None = None, execution_tim
     section = config.setdefault("lithops", {})
     section.setdefault("backend", "localhost")
     section.setdefault("storage", "localhost")
-    # Lithops prints INFO lines for every wait and cleanup; users see our events instead, and
-    # Lithops' own lines with --verbose (configure_logging sets the "lithops" logger's level).
-    lithops_level = max(logging.getLogger("lithops").getEffectiveLevel(), logging.DEBUG)
-    section.setdefault("log_level", logging.getLevelName(lithops_level))
+    # Lithops' own lines go through our logging (configure_logging sets the "lithops" logger's
+    # level: WARNING, DEBUG with --verbose); "none" keeps its executors from installing a
+    # plain-text handler of their own on that logger.
+    section["log_level"] = "none"
     if execution_timeout is not None:
         section["execution_timeout"] = execution_timeout
     if section["backend"] == "localhost":

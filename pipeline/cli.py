@@ -16,17 +16,19 @@ from tqdm import tqdm
 
 from aggregator.counts import format_counts
 from moments_stream.cli_common import add_command, run_cli, settings_from_args
-from moments_stream.logs import stream_is_tty
+from moments_stream.logs import get_logger, stream_is_tty, tell
 from moments_stream.resources import available_cpus, default_local_workers, total_memory_bytes
 from producer.service import normalise_prefix
 
 from .run import classify_pending, prepare
 
+log = get_logger(__name__)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     prepared = prepare(settings_from_args(args), Path(args.directory), normalise_prefix(args.prefix))
-    print(prepared.uploaded, file=sys.stderr)
-    print(prepared.enqueued, file=sys.stderr)
+    tell(log, "upload_report", str(prepared.uploaded))
+    tell(log, "enqueue_report", str(prepared.enqueued))
     workers = args.workers or default_local_workers(available_cpus(), total_memory_bytes())
     bar: tqdm | None = None
 
@@ -44,11 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = prepared.settings.keys
     print(format_counts(prepared.client, prepared.settings))
     if result.pending:
-        print(f"{result.pending} video(s) still pending: run again, or see `rq info` and `consumer start`",
-              file=sys.stderr)
+        tell(log, "videos_pending", f"{result.pending} video(s) still pending: run again, or see `rq info` and "
+             "`consumer start`", level="warning")
         return 1
     if result.failed:
-        print(f"{result.failed} video(s) failed: `redis-cli HGETALL {keys.failed()}` lists them", file=sys.stderr)
+        tell(log, "videos_failed", f"{result.failed} video(s) failed: `redis-cli HGETALL {keys.failed()}` lists them",
+             level="warning")
     return 0
 
 

@@ -11,13 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moments_stream.cli_common import add_command, run_cli, settings_from_args, stop_on_signals
+from moments_stream.logs import get_logger, tell
 
 from .service import enqueue_prefix, normalise_prefix, upload, watch_prefix
+
+log = get_logger(__name__)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.model_id and not args.reclassify:
-        print("--for-model goes with --reclassify", file=sys.stderr)
+        tell(log, "bad_arguments", "--for-model goes with --reclassify", level="error")
         return 2
     settings = settings_from_args(args)
     print(enqueue_prefix(settings, normalise_prefix(args.prefix), args.reclassify, args.model_id))

@@ -145,7 +145,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from moments_stream.failures import failures
+    from moments_stream.queues import failures
     from moments_stream.redis_conn import connect
 
     settings = settings_from_args(args)
@@ -158,7 +158,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from moments_stream.failures import as_video_id, requeue_failed
+    from moments_stream.queues import as_video_id, requeue_failed
     from moments_stream.redis_conn import connect
 
     if not args.all and not args.videos:

@@ -2,10 +2,12 @@
 thread runs them together.
 
 A GPU is fed only when many frames arrive at once; one 16-frame video leaves it mostly idle while
-the next video is decoded. Decoding threads each submit a video's frames and wait; the inference
-thread takes whatever videos are waiting, up to ``max_videos``, runs them as one batch and hands
-each video its own mean probabilities. On a CPU, one video per pass is as fast, so consumers there
-classify one video at a time (see README "Performance").
+the next video is decoded. Decoding threads each submit a video's frames and wait; they decode in
+parallel because PyAV releases the GIL while FFmpeg reads, decodes and converts (av_read_frame,
+avcodec_send_packet/receive_frame and sws_scale run ``with nogil`` in PyAV 18), and so does PIL
+while it resizes. The inference thread takes whatever videos are waiting, up to ``max_videos``,
+runs them as one batch and hands each video its own mean probabilities. On a CPU, one video per
+pass is as fast, so consumers there classify one video at a time (see README "Performance").
 """
 
 from __future__ import annotations

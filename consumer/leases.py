@@ -16,12 +16,17 @@ import redis
 from rq import Queue, Worker
 from rq.executions import Execution
 from rq.scheduler import RQScheduler
-from rq.scripts import release_lock
 
 from moments_stream.logs import get_logger
 from moments_stream.redis_conn import REDIS_OUTAGE, text
 
 log = get_logger(__name__)
+
+# Deletes a lock only while ``ARGV[1]`` still holds it (a live scheduler may have taken it since).
+_RELEASE_LOCK_OF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def worker_is_alive(connection: redis.Redis, worker_name: str) -> bool:
@@ -31,8 +36,9 @@ def worker_is_alive(connection: redis.Redis, worker_name: str) -> bool:
 def expire_jobs_of_dead_workers(queue: Queue) -> list[str]:
     """Mark the started jobs whose worker's lease has lapsed as expired; returns their job ids.
 
-    Only marks them: rq's ``StartedJobRegistry.cleanup`` (run under rq's maintenance lock)
-    retries or fails them, so there is one code path for abandoned jobs, rq's.
+    Only marks them, through rq's own ``add_execution`` (an execution whose time to live is 0 has
+    expired now): rq's ``StartedJobRegistry.cleanup`` (run under rq's maintenance lock) then retries
+    or fails them, so there is one code path for abandoned jobs, rq's.
     """
     connection = queue.connection
     registry = queue.started_job_registry
@@ -44,9 +50,11 @@ def expire_jobs_of_dead_workers(queue: Queue) -> list[str]:
             continue  # no execution record: leave it to rq's own expiry
         if not execution.worker_name or worker_is_alive(connection, execution.worker_name):
             continue
-        if connection.zadd(registry.key, {execution.composite_key: 0}, xx=True, ch=True):
-            expired.append(job_id)
-            log.warning("video_returned_to_queue", job=job_id, dead_worker=execution.worker_name)
+        with connection.pipeline() as pipeline:
+            registry.add_execution(execution, pipeline, ttl=0, xx=True)  # xx: never re-adds one that finished
+            pipeline.execute()
+        expired.append(job_id)
+        log.warning("video_returned_to_queue", job=job_id, dead_worker=execution.worker_name)
     return expired
 
 
@@ -59,7 +67,7 @@ def release_retry_locks_of_dead_workers(queue: Queue) -> None:
     lock_key = RQScheduler.get_locking_key(queue.name)
     owner = queue.connection.get(lock_key)
     if owner is not None and not worker_is_alive(queue.connection, text(owner)):
-        release_lock(queue.connection, lock_key, text(owner))
+        queue.connection.register_script(_RELEASE_LOCK_OF)(keys=[lock_key], args=[text(owner)])
 
 
 class Heartbeat:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 import psutil
 import redis
 from rq import Queue, SimpleWorker, worker_registration
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
@@ -34,7 +33,8 @@ from .leases import Heartbeat, expire_jobs_of_dead_workers, release_retry_locks_
 
 log = get_logger(__name__)
 
-# How often an idle worker looks at the stop flag and its deadline.
+# How often an idle worker looks at the stop flag and its deadline, and moves due retries back to
+# the queue: rq's maintenance interval, and how long one dequeue waits for a job.
 POLL_S = 2
 # Kept free at the end of a function's time limit: publishing the last outcome and leaving rq
 # cleanly, and the few moments between the backend starting its clock and this process starting.
@@ -58,8 +58,34 @@ def process_started() -> float:
     return time.monotonic() - max(0.0, age_s)
 
 
+def time_boxed_penalty(hard_deadline: float) -> type[TimerDeathPenalty]:
+    """rq's job timer (a thread's timer: Lithops may run the function off the main thread, where
+    SIGALRM cannot be used), cut short where the function's own time limit, ``hard_deadline`` on the
+    ``time.monotonic`` clock, comes first: the video is then handed back (:class:`TimeLimitCut`,
+    not a failed attempt) and retried by another consumer instead of the backend killing this one
+    mid-video. A class, as rq's ``death_penalty_class`` is, one per worker."""
+
+    class TimeBoxedDeathPenalty(TimerDeathPenalty):
+        def __init__(self, timeout: Any, exception: type = JobTimeoutException, **kwargs: Any) -> None:
+            seconds_left = max(1, int(hard_deadline - time.monotonic()))
+            if timeout is None or timeout < 0 or seconds_left < timeout:
+                if exception is JobTimeoutException:
+                    exception = TimeLimitCut
+                timeout = seconds_left
+            super().__init__(timeout, exception, **kwargs)
+
+    return TimeBoxedDeathPenalty
+
+
 class ConsumerWorker(SimpleWorker):
-    """An rq worker that also stops at a deadline or when ``consumer stop`` sets the stop flag."""
+    """An rq worker that also stops at a deadline or when ``consumer stop`` sets the stop flag.
+
+    Built on rq's public extension points: the constructor's ``maintenance_interval`` (the poll,
+    :data:`POLL_S`), ``death_penalty_class`` (:func:`time_boxed_penalty`), the overridable
+    ``run_maintenance_tasks``, ``clean_registries``, ``heartbeat``, ``handle_warm_shutdown_request``,
+    ``dequeue_job_and_maintain_ttl`` and ``execute_job``, and rq's ``StopRequested`` to leave the work
+    loop. One private member is overridden, ``_install_signal_handlers`` (README, "rq internals").
+    """
 
     # Lithops may run the function off the main thread, where SIGALRM cannot be used.
     death_penalty_class = TimerDeathPenalty
@@ -67,12 +93,17 @@ class ConsumerWorker(SimpleWorker):
     def __init__(
         self, queues: list[Queue], *, deadline: float, hard_deadline: float, lease_s: int, stop_key: str, **kwargs: Any
     ) -> None:
-        super().__init__(queues, maintenance_interval=lease_s, serializer=JOB_SERIALIZER, **kwargs)
+        self.death_penalty_class = time_boxed_penalty(hard_deadline)
+        super().__init__(queues, maintenance_interval=POLL_S, serializer=JOB_SERIALIZER, **kwargs)
         self.stop_key = stop_key
         self.deadline = deadline
         self.hard_deadline = hard_deadline
-        self.death_penalty_class = self._time_boxed_penalty  # type: ignore[assignment]
         self.lease_s = lease_s
+        # rq's registries are cleaned (and dead workers' jobs handed back) every lease, on the
+        # time.monotonic clock; the other maintenance runs every POLL_S.
+        self.registries_cleaned_at: float | None = None
+        # Set when rq's shutdown command (``consumer stop``) or SIGINT/SIGTERM reached this worker.
+        self.warm_shutdown_requested = False
         self.death_registered = False
         # rq schedules retries with an interval (RETRY_INTERVALS_S) and moves them back to the queue
         # from its scheduler; that normally forks a process, which a Lithops function holding a
@@ -82,20 +113,19 @@ class ConsumerWorker(SimpleWorker):
         self.exit_reason = "idle"
         self.jobs_run = 0
 
-    def _time_boxed_penalty(self, timeout: int, exception: type = JobTimeoutException, **kwargs: Any) -> Any:
-        """rq's job timer, cut short where the function's own time limit comes first: the video is
-        then handed back (:class:`TimeLimitCut`, not a failed attempt) and retried by another
-        consumer instead of the backend killing this one mid-video."""
-        seconds_left = max(1, int(self.hard_deadline - time.monotonic()))
-        if timeout is None or timeout < 0 or seconds_left < timeout:
-            if exception is JobTimeoutException:
-                exception = TimeLimitCut
-            return TimerDeathPenalty(seconds_left, exception, **kwargs)
-        return TimerDeathPenalty(timeout, exception, **kwargs)
-
     def _install_signal_handlers(self) -> None:
+        """rq installs its SIGINT/SIGTERM handlers at the start of ``work()``, unconditionally, and
+        ``signal.signal`` raises off the main thread (decode threads; Lithops may call the function
+        off it): there, the worker takes its stop requests from the stop flag alone. rq has no
+        public switch for this (README, "rq internals")."""
         if threading.current_thread() is threading.main_thread():
             super()._install_signal_handlers()
+
+    def handle_warm_shutdown_request(self) -> None:
+        """rq's hook for a warm shutdown (its shutdown command, SIGINT, SIGTERM): remembered, so that
+        a batch in hand stops between videos as for the stop flag."""
+        self.warm_shutdown_requested = True
+        super().handle_warm_shutdown_request()
 
     def serialize(self) -> dict:
         """rq's worker hash, and the model this consumer runs (``aggregator check`` reads it)."""
@@ -128,6 +158,18 @@ class ConsumerWorker(SimpleWorker):
         except REDIS_OUTAGE as error:
             log.warning("redis_unreachable_retrying", worker=self.name, error=str(error))
 
+    def run_maintenance_tasks(self) -> None:
+        """Every ``maintenance_interval`` (POLL_S, busy or idle, between jobs): leave the work loop
+        when told to stop or past the deadline (rq's ``StopRequested``), move due retries back to the
+        queue, and every lease run rq's own maintenance (:meth:`clean_registries`)."""
+        if self.should_stop():
+            raise StopRequested()
+        self.enqueue_due_retries()
+        if self.registries_cleaned_at is None or time.monotonic() - self.registries_cleaned_at >= self.lease_s:
+            self.registries_cleaned_at = time.monotonic()
+            super().run_maintenance_tasks()
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # what rq times maintenance_interval from
+
     def clean_registries(self) -> None:
         """rq's maintenance (``Worker.clean_registries``), with the abandoned jobs' failure callbacks
         timed by a timer: rq's registries time them with SIGALRM, which raises off the main thread
@@ -138,10 +180,9 @@ class ConsumerWorker(SimpleWorker):
             release_retry_locks_of_dead_workers(queue)
             if queue.acquire_maintenance_lock():
                 try:
-                    StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup(
-                        exception_handlers=self._exc_handlers
-                    )
-                    clean_registries(queue, self._exc_handlers)  # the other registries (the started one is clean)
+                    # This worker has no exception handlers of its own (rq's default handling only).
+                    StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup()
+                    clean_registries(queue)  # the other registries (the started one is clean)
                     worker_registration.clean_worker_registry(queue)
                     queue.intermediate_queue.cleanup(self, queue)
                 finally:
@@ -149,9 +190,9 @@ class ConsumerWorker(SimpleWorker):
         self.last_cleaned_at = rq_now()  # type: ignore[assignment]
 
     def stop_was_requested(self) -> bool:
-        # rq's shutdown command (sent by `consumer stop`) sets _stop_requested; the flag covers
-        # workers that were between commands when it was sent.
-        if self._stop_requested:
+        # rq's shutdown command (sent by `consumer stop`) reaches a worker on the main thread; the
+        # flag covers the others, and workers that were between commands when it was sent.
+        if self.warm_shutdown_requested:
             return True
         try:
             return bool(self.connection.exists(self.stop_key))
@@ -172,20 +213,11 @@ class ConsumerWorker(SimpleWorker):
         return False
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
-        idle_since = time.monotonic()
-        while not self.should_stop():
-            self.enqueue_due_retries()
-            wait = min(POLL_S, self.deadline - time.monotonic())
-            if max_idle_time is not None:
-                idle_left = max_idle_time - (time.monotonic() - idle_since)
-                if idle_left <= 0:
-                    self.exit_reason = "idle"
-                    return None
-                wait = min(wait, idle_left)
-            result = super().dequeue_job_and_maintain_ttl(timeout, max(1, int(wait)))
-            if result is not None:
-                return result
-        return None
+        """rq's dequeue, each wait for a job at most POLL_S long (rq's ``timeout``: rq passes its
+        ``dequeue_timeout``, minutes), so that its loop runs the maintenance (the stop check, due
+        retries) every POLL_S while idle. ``max_idle_time`` keeps its meaning: rq's idle exit."""
+        return super().dequeue_job_and_maintain_ttl(None if timeout is None else min(timeout, POLL_S),
+                                                    max_idle_time)
 
     def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any, execution: Any) -> None:
         """rq's success handling, except for a job that no longer exists: this worker's lease lapsed
@@ -211,7 +243,7 @@ class ConsumerWorker(SimpleWorker):
         super().execute_job(job, queue)
         self.jobs_run += 1
         if self.should_stop():
-            self._stop_requested = True
+            raise StopRequested()  # rq's way out of its work loop: no other job is taken
 
 
 def connect_with_backoff(url: str, attempts: int = 8) -> redis.Redis:
@@ -287,7 +319,7 @@ def run_consumer(
     started = process_started()
     # The download cache is the function's own: a runtime image bakes the weights into it
     # (MOMENTS_CACHE_DIR in runtime/), where the launcher's machine may keep them elsewhere.
-    settings = dataclasses.replace(settings, cache_dir=cache_dir_from(os.environ))
+    settings = settings.replace(cache_dir=cache_dir_from(os.environ))
     worker_id = f"moments-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = connect_with_backoff(settings.redis_url)
     classifier = load_classifier(settings, progress=False)

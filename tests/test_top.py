@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq import SimpleWorker
 
 from aggregator.drain import DrainReport, apply_batch
 from aggregator.top import sparkline
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted
-from moments_stream.queues import enqueue_videos
+from moments_stream.queues import JOB_SERIALIZER, enqueue_videos, video_queue
 from moments_stream.settings import Settings
 from tests.pipeline import BIN, run, wait_until
 
@@ -147,7 +148,16 @@ def test_ctrl_c_quits_the_live_view_with_status_0(tmux: Tmux, tmp_path: Path) ->
     assert_terminal_restored(stty)
 
 
-def test_plain_text_when_stdout_is_not_a_terminal(env: dict[str, str]) -> None:
+def test_plain_text_when_stdout_is_not_a_terminal(env: dict[str, str], redis_client: redis.Redis,
+                                                  redis_url: str) -> None:
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    queue = video_queue(redis_client, settings)
+    busy = SimpleWorker([queue], connection=redis_client, name="busy-consumer", serializer=JOB_SERIALIZER)
+    busy.register_birth()
+    job, _ = queue.dequeue_any([queue], timeout=None, connection=redis_client, serializer=JOB_SERIALIZER)
+    busy.prepare_execution(job)
+    held = job.args[0][0][0]
+
     done = run(env, "aggregator", "top", "--iterations", "2", "--interval", "0.1")
     assert done.returncode == 0, done.stderr
     assert ESCAPE not in done.stdout
@@ -159,6 +169,8 @@ def test_plain_text_when_stdout_is_not_a_terminal(env: dict[str, str]) -> None:
     assert re.search(r"^ *juggling +█{32} +3 +75\.0%$", first, re.MULTILINE), first  # the peak fills the bar
     assert re.search(rf"^ *running +█{{10}}{BAR} +1 +25\.0%$", first, re.MULTILINE), first  # a third of it
     assert "stage means  download 4 ms, decode 30 ms, infer 200 ms  (over 4 videos)" in first
+    assert re.search(r"^in flight 1 jobs +queued 9 jobs ", first, re.MULTILINE), first
+    assert re.search(rf"^ *busy-consumer +busy +\d+ s ago +{re.escape(held)}$", first, re.MULTILINE), first
     # recorded together, the 4 finishes fall in one minute, whichever it is by now
     assert re.search(r"last 10 min [▁▂▃▄▅▆▇█]{10} per minute, peak 4$", first, re.MULTILINE), first
 
@@ -167,11 +179,18 @@ def test_plain_text_when_stdout_is_not_a_terminal(env: dict[str, str]) -> None:
     assert ESCAPE not in watched.stdout
     once = run(env, "aggregator", "status").stdout.rstrip("\n")
 
-    def steady(text: str) -> list[str]:  # throughput and ETA move as the finishes age
-        return [line for line in text.splitlines() if not line.startswith(("throughput", "ETA"))]
+    def steady(text: str) -> list[str]:  # throughput, ETA and heartbeat ages move with the clock
+        return [re.sub(r"heartbeat \d+ s ago", "heartbeat N s ago", line) for line in text.splitlines()
+                if not line.startswith(("throughput", "ETA"))]
 
     assert steady(watched.stdout) == steady(f"{once}\n\n{once}\n")
     assert watched.stdout.count("model        ") == 2
+
+
+def test_an_unknown_model_stops_before_the_view(env: dict[str, str]) -> None:
+    done = run(env, "aggregator", "top", "--model", "v9-nothing")
+    assert done.returncode != 0 and "is not a model that has counted videos" in done.stderr, done.stderr
+    assert done.stdout == ""
 
 
 def test_sparkline() -> None:

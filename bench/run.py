@@ -9,10 +9,12 @@ reported as ratios, so the machine's speed cancels out:
   to JPEG files by ffmpeg as the release's test_video.py does, PIL transforms, fp32, torch's
   default threads);
 - latency from enqueue to counted on an idle pipeline (p50/p95);
-- producer enqueue rate for 100k keys in localhost storage, and Redis memory per video.
+- producer enqueue rate for 100k keys in localhost storage (the write in use beside the earlier
+  ones, ``--enqueue-only`` for that alone), and Redis memory per video.
 
     .venv/bin/python bench/run.py                       # fp32, 16 frames, 48 clips
     .venv/bin/python bench/run.py --precision bf16 --compile
+    .venv/bin/python bench/run.py --enqueue-only --enqueue-rounds 3   # the producer alone, ~2 min
 
 The weights are synthetic (random, release format): speed does not depend on their values.
 """
@@ -20,17 +22,21 @@ The weights are synthetic (random, release format): speed does not depend on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +63,12 @@ from consumer.model import (  # noqa: E402
 )
 from consumer.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_frame, to_model_input  # noqa: E402
 from consumer.scores import top_k, video_probabilities  # noqa: E402
+from moments_stream import queues  # noqa: E402
 from moments_stream.keys import Keys  # noqa: E402
 from moments_stream.resources import available_cpus, default_local_workers, threads_per_worker, total_memory_bytes  # noqa: E402
 from moments_stream.settings import Settings  # noqa: E402
+from producer import enqueue as producer_enqueue  # noqa: E402
+from producer.enqueue import BATCH  # noqa: E402
 from producer.service import enqueue_prefix  # noqa: E402
 from tests.media import synthetic_frames, write_h264  # noqa: E402
 from tests.pipeline import run, wait_until  # noqa: E402
@@ -213,8 +222,56 @@ def end_to_end(env: dict[str, str], folder: Path, latency_prefixes: list[str], w
 # --- producer at scale -------------------------------------------------------------------------
 
 
-def enqueue_at_scale(redis_url: str, count: int) -> dict[str, float]:
-    """Seconds to enqueue ``count`` new keys from localhost storage, and Redis bytes per key."""
+def enqueue_with_watch(client: redis.Redis, settings: Settings, videos: dict[str, str], only_new: bool = False,
+                       model_id: str | None = None) -> int:
+    """The producer's write before issue 24, for comparison: the seen check in a transaction with
+    ``WATCH`` on the whole seen hash, so a write of any other batch to it (the producer's own writer
+    processes too) aborts the transaction, whose jobs are then built again."""
+    keys = settings.keys
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.seen())
+                known = pipe.hmget(keys.seen(), list(videos))
+                chosen = {video: fingerprint for (video, fingerprint), seen in zip(videos.items(), known, strict=True)
+                          if seen is None or seen.decode() != fingerprint}
+                if not chosen:
+                    pipe.unwatch()
+                    return 0
+                pipe.multi()
+                queues._queue_jobs(pipe, client, settings, chosen, model_id)
+                pipe.execute()
+                return len(chosen)
+            except redis.WatchError:
+                continue
+
+
+def enqueue_unchecked(client: redis.Redis, settings: Settings, videos: dict[str, str], only_new: bool = False,
+                      model_id: str | None = None) -> int:
+    """The producer's write before the seen check moved into the transaction (the 7.0 s of
+    bench/README.md): a read of the seen hash, then a transaction that does not check it again
+    (two producers listing the same new videos at once both enqueue them)."""
+    known = client.hmget(settings.keys.seen(), list(videos))
+    chosen = {video: fingerprint for (video, fingerprint), seen in zip(videos.items(), known, strict=True)
+              if seen is None or seen.decode() != fingerprint}
+    if chosen:
+        with client.pipeline(transaction=True) as pipe:
+            queues._queue_jobs(pipe, client, settings, chosen, model_id)
+            pipe.execute()
+    return len(chosen)
+
+
+# The producer's writes the enqueue benchmark runs side by side: the one in use, and the earlier ones.
+ENQUEUE_WRITES = {
+    "script": None,  # moments_stream.queues.enqueue_videos as it stands
+    "watch": enqueue_with_watch,
+    "unchecked": enqueue_unchecked,
+}
+
+
+@contextlib.contextmanager
+def many_keys(count: int) -> Iterator[str]:
+    """A bucket of Lithops localhost storage holding ``count`` empty .mp4 keys under ``many/``."""
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     root = Path(LITHOPS_TEMP_DIR, bucket, "many")
     for shard in range(0, count, 1000):
@@ -222,19 +279,72 @@ def enqueue_at_scale(redis_url: str, count: int) -> dict[str, float]:
         directory.mkdir(parents=True)
         for index in range(shard, min(shard + 1000, count)):
             (directory / f"{index:07d}.mp4").write_bytes(b"")
-    client = redis.Redis.from_url(redis_url)
+    try:
+        yield bucket
+    finally:
+        shutil.rmtree(Path(LITHOPS_TEMP_DIR, bucket), ignore_errors=True)
+
+
+def cpu_seconds(client: redis.Redis) -> tuple[float, float]:
+    """CPU seconds used so far by this process and its reaped children (the producer's writer
+    processes), and by the Redis server."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = client.info("cpu")
+    return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+            float(server["used_cpu_user"]) + float(server["used_cpu_sys"]))
+
+
+def enqueue_at_scale(redis_url: str, bucket: str, write: str = "script") -> dict[str, float]:
+    """Seconds to enqueue every key of ``bucket`` (all new) with the producer's write ``write``
+    (:data:`ENQUEUE_WRITES`), CPU seconds of the producer and of Redis, and Redis bytes per key."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=600)  # flushing 100k jobs on a busy machine
     client.flushdb()
+    client.config_resetstat()
     before = int(client.info("memory")["used_memory"])
+    replacement = ENQUEUE_WRITES[write]
+    patch = (unittest.mock.patch.object(producer_enqueue, "enqueue_videos", replacement) if replacement
+             else contextlib.nullcontext())
     try:
         settings = Settings.from_env({}).replace(redis_url=redis_url, bucket=bucket)
-        started = time.perf_counter()
-        report = enqueue_prefix(settings, "many/")
-        seconds = time.perf_counter() - started
+        with patch:  # the producer's writer processes are forked inside, so they write the same way
+            cpu_before, server_before = cpu_seconds(client)
+            started = time.perf_counter()
+            report = enqueue_prefix(settings, "many/")
+            seconds = time.perf_counter() - started
+            cpu_after, server_after = cpu_seconds(client)
         per_video = (int(client.info("memory")["used_memory"]) - before) / report.enqueued
-        return {"keys": report.enqueued, "seconds": seconds, "bytes_per_video": per_video}
+        stats = client.info("commandstats")
+        transactions = {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("exec", "evalsha")}
+        return {"keys": report.enqueued, "seconds": seconds, "bytes_per_video": per_video,
+                "producer_cpu": cpu_after - cpu_before, "redis_cpu": server_after - server_before,
+                "writes": transactions["exec"] + transactions["evalsha"]}
     finally:
         client.flushdb()
-        shutil.rmtree(Path(LITHOPS_TEMP_DIR, bucket), ignore_errors=True)
+
+
+def enqueue_side_by_side(redis_url: str, count: int, rounds: int) -> dict[str, dict[str, float]]:
+    """:func:`enqueue_at_scale` of the same ``count`` keys for every write of :data:`ENQUEUE_WRITES`,
+    ``rounds`` rounds alternating between them; the median round of each (by seconds)."""
+    results: dict[str, list[dict[str, float]]] = {write: [] for write in ENQUEUE_WRITES}
+    with many_keys(count) as bucket:
+        for _ in range(rounds):
+            for write in ENQUEUE_WRITES:
+                results[write].append(enqueue_at_scale(redis_url, bucket, write))
+    return {write: sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2] for write, runs in results.items()}
+
+
+def enqueue_lines(scale: dict[str, dict[str, float]]) -> list[str]:
+    current = scale["script"]
+    rate = current["keys"] / current["seconds"]
+    lines = [f"enqueue {current['keys']:,} keys     {current['seconds']:7.2f} s  ({rate:,.0f} keys/s; target <= 7 s)"]
+    labels = {"script": "seen check in one script (now)", "watch": "seen check under WATCH (before)",
+              "unchecked": "no check in the write (older)"}
+    for write, one in scale.items():
+        lines.append(f"  {labels[write]:31} {one['seconds']:6.2f} s  x{one['seconds'] / current['seconds']:.2f}, "
+                     f"CPU s: producer {one['producer_cpu']:.1f}, Redis {one['redis_cpu']:.1f}; "
+                     f"{one['writes']:.0f} writes of {BATCH} keys tried")
+    return lines
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -246,11 +356,22 @@ def main() -> int:
     parser.add_argument("--baseline-videos", type=int, default=12)
     parser.add_argument("--latency-videos", type=int, default=20)
     parser.add_argument("--enqueue-keys", type=int, default=100_000)
+    parser.add_argument("--enqueue-rounds", type=int, default=1,
+                        help="rounds of the enqueue benchmark, alternating between the producer's writes (median)")
+    parser.add_argument("--enqueue-only", action="store_true", help="run the enqueue benchmark alone")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, help="consumer processes (default: as moments-stream run picks)")
     args = parser.parse_args()
+    if args.enqueue_only:
+        with tempfile.TemporaryDirectory(prefix="moments-bench-") as work, running_redis(Path(work) / "redis") as url:
+            scale = enqueue_side_by_side(url, args.enqueue_keys, args.enqueue_rounds)
+        print(f"moments-stream enqueue bench: {available_cpus()} CPUs, {BATCH} keys per write, "
+              f"{args.enqueue_rounds} round(s) alternating (median)")
+        memory = f"Redis memory              {scale['script']['bytes_per_video']:7.0f} B per enqueued video"
+        print("\n".join([*enqueue_lines(scale), memory]))
+        return 0
 
     cpus = available_cpus()
     workers = args.workers or default_local_workers(cpus, total_memory_bytes())
@@ -286,7 +407,7 @@ def main() -> int:
             records = [json.loads(raw) for raw in client.hvals(predictions)]
             stages = {stage: statistics.median(r[stage] for r in records) for stage in STAGES}
             shutil.rmtree(Path(LITHOPS_TEMP_DIR, env["MOMENTS_BUCKET"]), ignore_errors=True)
-            scale = enqueue_at_scale(url, args.enqueue_keys)
+            scale = enqueue_side_by_side(url, args.enqueue_keys, args.enqueue_rounds)
         # Measured again after the pipeline and averaged: this machine's speed drifts by a few %.
         ceiling_after = model_ceiling(env_model, clips, workers)
         ceiling = (ceiling_before + ceiling_after) / 2
@@ -299,7 +420,6 @@ def main() -> int:
     ratio_ceiling = e2e["throughput"] / ceiling
     ratio_baseline = e2e["throughput"] / baseline
     layout = f"{workers} consumer process(es) x {threads} torch thread(s)"
-    rate = scale["keys"] / scale["seconds"]
     lines = [
         f"moments-stream bench: {cpus} CPUs, torch {torch.__version__}, {args.precision}"
         f"{' + torch.compile' if args.compile else ''}, channels_last, {args.frames} frames/video,",
@@ -314,8 +434,8 @@ def main() -> int:
         f"end-to-end / ceiling      {ratio_ceiling:7.2f}   (target >= 0.9)",
         f"end-to-end / baseline     {ratio_baseline:7.2f}   (target >= 4)",
         f"latency enqueue->counted  p50 {p50:.2f} s, p95 {p95:.2f} s  ({len(latencies)} videos, one at a time)",
-        f"enqueue {scale['keys']:,} keys     {scale['seconds']:7.2f} s  ({rate:,.0f} keys/s; target <= 10 s)",
-        f"Redis memory              {scale['bytes_per_video']:7.0f} B per enqueued video, "
+        *enqueue_lines(scale),
+        f"Redis memory              {scale['script']['bytes_per_video']:7.0f} B per enqueued video, "
         f"{counted_bytes:.0f} B per counted prediction",
     ]
     print("\n".join(lines))

@@ -45,32 +45,31 @@ def enqueue_videos(
     running another model hand such a job back, and only that model's outcome clears pending.
 
     With ``only_new``, videos whose fingerprint is already the one last enqueued are left out, and
-    that check is part of the transaction (WATCH on the seen hash, retried when another producer
-    changed it), so producers enqueueing the same prefix at once enqueue each video once.
+    that check is part of the atomic write, so producers enqueueing the same prefix at once enqueue
+    each video once: the videos are chosen from a read of the seen hash, their jobs built, and one
+    script writes them only if every video's seen entry still gives the same choice, field by field
+    (else it writes nothing, and the batch is read and built again). A ``WATCH`` on the whole seen
+    hash did the same, but any other write to it (another batch, even of the producer's own writer
+    processes) aborted the transaction and threw away the jobs built for it.
     """
     if not videos:
         return 0
-    keys = settings.keys
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                chosen = videos
-                if only_new:
-                    pipe.watch(keys.seen())
-                    chosen = _not_seen(pipe, keys.seen(), videos)
-                    if not chosen:
-                        pipe.unwatch()
-                        return 0
-                pipe.multi()
-                _queue_jobs(pipe, client, settings, chosen, model_id)
-                pipe.execute()
-                return len(chosen)
-            except redis.WatchError:
-                continue
+    if not only_new:
+        with client.pipeline(transaction=True) as pipe:
+            _queue_jobs(pipe, client, settings, videos, model_id)
+            pipe.execute()
+        return len(videos)
+    seen_key = settings.keys.seen()
+    while True:
+        chosen = _not_seen(client, seen_key, videos)
+        if not chosen:
+            return 0
+        if _write_if_still_chosen(client, settings, videos, chosen, model_id):
+            return len(chosen)
 
 
-def _not_seen(pipe: redis.client.Pipeline, seen_key: str, videos: dict[str, str]) -> dict[str, str]:
-    known = pipe.hmget(seen_key, list(videos))
+def _not_seen(client: redis.Redis, seen_key: str, videos: dict[str, str]) -> dict[str, str]:
+    known = client.hmget(seen_key, list(videos))
     return {
         video: fingerprint
         for (video, fingerprint), seen in zip(videos.items(), known, strict=True)
@@ -78,13 +77,67 @@ def _not_seen(pipe: redis.client.Pipeline, seen_key: str, videos: dict[str, str]
     }
 
 
+# Writes a batch of commands only if the "already seen?" choice they were built for still holds for
+# every video of the batch: chosen (to enqueue) when its seen entry is missing or another version,
+# left out when it is this very version. Returns 1 when written, 0 (nothing written) when not.
+# KEYS: the seen hash, then the key of each command. ARGV: the number of videos, a (video,
+# fingerprint, "1" chosen / "0" left out) triple each, then per command its name, the number of its
+# arguments after the key, and those arguments.
+_WRITE_IF_STILL_CHOSEN = """
+local videos = tonumber(ARGV[1])
+for i = 2, 1 + 3 * videos, 3 do
+  local last = redis.call('HGET', KEYS[1], ARGV[i])
+  if (last ~= ARGV[i + 1]) ~= (ARGV[i + 2] == '1') then return 0 end
+end
+local at = 2 + 3 * videos
+for k = 2, #KEYS do
+  local count = tonumber(ARGV[at + 1])
+  redis.call(ARGV[at], KEYS[k], unpack(ARGV, at + 2, at + 1 + count))
+  at = at + 2 + count
+end
+return 1
+"""
+
+# What the commands of a batch (seen, pending, rq's jobs) may be: each writes one key, its first argument.
+_SINGLE_KEY_WRITES = frozenset({"HSET", "RPUSH", "LPUSH", "SADD", "EXPIRE", "PERSIST"})
+
+
+def _write_if_still_chosen(
+    client: redis.Redis, settings: Settings, videos: dict[str, str], chosen: dict[str, str], model_id: str | None
+) -> bool:
+    """Write the marks and jobs of ``chosen`` in one script call, unless a video of ``videos`` is
+    no longer chosen or left out as it was (another producer enqueued it meanwhile)."""
+    recorder = client.pipeline(transaction=False)  # never executed: it collects the batch's commands
+    _queue_jobs(recorder, client, settings, chosen, model_id)
+    commands = [args for args, _options in recorder.command_stack]
+    recorder.reset()
+    script_keys: list[Any] = [settings.keys.seen()]
+    script_args: list[Any] = [len(videos)]
+    for video, fingerprint in videos.items():
+        script_args += (video, fingerprint, "1" if video in chosen else "0")
+    for name, key, *arguments in commands:
+        if str(name).upper() not in _SINGLE_KEY_WRITES:
+            raise RuntimeError(f"enqueueing writes {name}, which the enqueue script was not written for")
+        script_keys.append(key)
+        script_args += (name, len(arguments), *arguments)
+    return bool(client.register_script(_WRITE_IF_STILL_CHOSEN)(keys=script_keys, args=script_args))
+
+
+# Fields per seen/pending HSET: a command's arguments stay far below Lua's unpack() limit (8,000).
+_MARKS_PER_COMMAND = 1000
+
+
 def _queue_jobs(
     pipe: redis.client.Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None
 ) -> None:
-    """Queue on ``pipe`` (in MULTI) the seen/pending marks and one rq job per video."""
+    """Queue on ``pipe`` the seen/pending marks of ``videos`` and their rq jobs (one per
+    ``MOMENTS_JOB_BATCH`` videos): in a MULTI, they are written together or not at all."""
     keys = settings.keys
-    pipe.hset(keys.seen(), mapping={video: fingerprint for video, fingerprint in videos.items()})
-    pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in videos.items()})
+    items = list(videos.items())
+    for start in range(0, len(items), _MARKS_PER_COMMAND):
+        part = items[start : start + _MARKS_PER_COMMAND]
+        pipe.hset(keys.seen(), mapping=dict(part))
+        pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in part})
     video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id), pipeline=pipe)
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 from lithops.constants import LITHOPS_TEMP_DIR
+from redis.client import Pipeline
 
 from consumer.jobs import safe_local_name
+from moments_stream import queues
 from moments_stream.errors import ConfigError, RedisUnavailableError
 from moments_stream.keys import Keys
 from moments_stream.lithops_env import lithops_redis_section
@@ -137,6 +139,92 @@ def test_a_producer_that_lost_the_race_enqueues_nothing(redis_client: redis.Redi
     assert enqueue_videos(redis_client, settings, listed_as_new_by_both, only_new=True) == 0
     assert enqueue_videos(redis_client, settings, {**videos, "race/0.mp4": "11:2"}, only_new=True) == 1  # replaced
     assert len(video_queue(redis_client, settings)) == 4
+
+
+def test_a_producer_racing_mid_write_leaves_out_what_the_other_enqueued(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Producer A reads the seen hash and builds its jobs; producer B enqueues two of A's videos
+    (and one of its own) before A writes. A's write finds its choice changed, writes nothing, and
+    reads and builds again: each video is enqueued once."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    builds: list[list[str]] = []
+    build = queues._queue_jobs
+
+    def build_while_b_enqueues(
+        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
+    ) -> None:
+        builds.append(sorted(videos))
+        if len(builds) == 1:  # A's first build: B writes in between
+            assert enqueue_videos(redis_client, settings, {"b/1.mp4": "10:1", "b/2.mp4": "10:1", "b/9.mp4": "1:1"},
+                                  only_new=True) == 3
+        build(pipe, client, settings_, videos, model_id)
+
+    monkeypatch.setattr(queues, "_queue_jobs", build_while_b_enqueues)
+    assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 1
+    assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["b/1.mp4", "b/2.mp4", "b/9.mp4"], ["b/0.mp4"]]
+    queued = sorted(job.args[0][0][0] for job in video_queue(redis_client, settings).jobs)
+    assert queued == ["b/0.mp4", "b/1.mp4", "b/2.mp4", "b/9.mp4"]
+    assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 4
+
+
+def test_other_videos_written_meanwhile_never_make_a_producer_build_again(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the seen check was a WATCH on the whole seen hash, so any other batch written
+    between a producer's read and its write (its own writer processes' too) threw its jobs away and
+    had them built again; 100k keys took 13.3 s instead of 7. Only the videos it writes count now."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    builds: list[list[str]] = []
+    build = queues._queue_jobs
+
+    def build_while_another_batch_is_written(
+        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
+    ) -> None:
+        builds.append(sorted(videos))
+        if len(builds) == 1:
+            assert enqueue_videos(redis_client, settings, {"other/0.mp4": "1:1", "other/1.mp4": "1:1"},
+                                  only_new=True) == 2
+            redis_client.hset(Keys().seen(), "b/1.mp4", "9:9")  # an older version of one of them: still new
+        build(pipe, client, settings_, videos, model_id)
+
+    monkeypatch.setattr(queues, "_queue_jobs", build_while_another_batch_is_written)
+    assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 3
+    assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["other/0.mp4", "other/1.mp4"]]
+    assert len(video_queue(redis_client, settings)) == 5
+    assert redis_client.hget(Keys().seen(), "b/1.mp4") == b"10:1"
+
+
+def test_a_write_larger_than_one_command_is_one_write(redis_client: redis.Redis, redis_url: str) -> None:
+    """More videos than one seen/pending command holds, and jobs of several videos, in one atomic write."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url, job_batch=1000)
+    videos = {f"b/{index:05d}.mp4": "1:1" for index in range(2500)}
+    redis_client.config_resetstat()
+    assert enqueue_videos(redis_client, settings, videos, only_new=True) == 2500
+    writes = redis_client.info("commandstats")["cmdstat_evalsha"]
+    assert writes["calls"] - writes["failed_calls"] == 1  # failed: the script's first call, before it is loaded
+    assert [len(job.args[0]) for job in video_queue(redis_client, settings).jobs] == [1000, 1000, 500]
+    assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 2500
+    assert enqueue_videos(redis_client, settings, {**videos, "b/00007.mp4": "2:2"}, only_new=True) == 1
+
+
+def test_an_enqueue_the_script_was_not_written_for_is_refused_whole(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write replays the commands rq builds; one that writes more than its first key is refused."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url)
+    build = queues._queue_jobs
+
+    def build_with_a_rename(
+        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
+    ) -> None:
+        build(pipe, client, settings_, videos, model_id)
+        pipe.rename("a", "b")
+
+    monkeypatch.setattr(queues, "_queue_jobs", build_with_a_rename)
+    with pytest.raises(RuntimeError, match="RENAME"):
+        enqueue_videos(redis_client, settings, {"b/0.mp4": "1:1"}, only_new=True)
+    assert redis_client.dbsize() == 0
 
 
 def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,

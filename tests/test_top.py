@@ -8,11 +8,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from rq import SimpleWorker
@@ -140,10 +142,16 @@ def test_live_view_redraws_as_videos_are_counted_and_q_quits(
     assert_terminal_restored(stty)
 
 
-def test_ctrl_c_quits_the_live_view_with_status_0(tmux: Tmux, tmp_path: Path) -> None:
+@pytest.mark.parametrize("quit_by", ["C-c", "SIGTERM"])
+def test_ctrl_c_or_sigterm_quits_the_live_view_with_status_0(tmux: Tmux, tmp_path: Path, quit_by: str) -> None:
     status, stty = top_in_tmux(tmux, tmp_path)
     wait_for_screen(tmux, r"counted 4\b", "the first view")
-    tmux("send-keys", "-t", tmux.name, "C-c")
+    if quit_by == "C-c":
+        tmux("send-keys", "-t", tmux.name, "C-c")
+    else:
+        shell = psutil.Process(int(tmux("display-message", "-p", "-t", tmux.name, "#{pane_pid}")))
+        (top,) = shell.children()  # the shell that runs it waits for it
+        top.send_signal(signal.SIGTERM)
     assert exit_status(status, tmp_path) == 0
     assert_terminal_restored(stty)
 

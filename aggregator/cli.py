@@ -1,7 +1,7 @@
 """``aggregator``: keep live per-category counts in Redis; print them.
 
-Arguments in, text out; draining lives in ``aggregator.drain``, the views in ``counts``, ``status``
-and ``export``."""
+Arguments in, text out; draining lives in ``aggregator.drain``, the views in ``counts``, ``status``,
+``top`` (the live view) and ``export``, the Prometheus endpoint in ``metrics``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Where a run stands, read from Redis in one snapshot: every number is one ``redis-cli`` command.
 
-``aggregator status`` prints it; ``--json`` gives scripts the same document. The README's
+``aggregator status`` prints it; ``--json`` gives scripts the same document, which ``aggregator top``
+draws (``aggregator.top``) and ``/metrics`` serves (``aggregator.metrics``). The README's
 "Watching a run" section lists the ``redis-cli`` equivalent of each field.
 """
 

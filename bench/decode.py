@@ -7,12 +7,19 @@ model's input size, as a consumer does, with:
 - opencv-walk: the previous decoder, OpenCV's wheel walking the stream once (grab() every frame,
   retrieve() the sampled ones), as consumer/frames.py did before PyAV;
 - pyav-walk: PyAV decoding every frame (threaded), converting only the sampled ones;
-- pyav (the consumer's default): PyAV seeking to far samples where timestamps are sane.
+- pyav-noskip: the consumer's decoder with FFmpeg's skip_frame left off (as before issue 24);
+- pyav (the consumer's default): PyAV seeking to far samples where timestamps are sane, its
+  decoder skipping the frames neither sampled nor referenced.
 
 It prints the median ms per clip of each, the ratio of a 20-minute video's decode to a 3 s
 clip's, and the decode share of a video's work at 1080p and 4K against fp32 16-frame inference.
 
-    .venv/bin/python bench/decode.py [--repeat 3] [--skip-long]
+Then, side by side in one run (the decoders interleaved, medians of --repeat): pyav against
+pyav-noskip on the clips with B-frames, and a phone video (3 s, stored 1920x1080, displayed
+1080x1920: the same H.264 stream with and without a 90-degree display matrix) decoded upright
+with the frames turned after shrinking (the consumer now) and before (as before issue 24).
+
+    .venv/bin/python bench/decode.py [--repeat 3] [--skip-long] [--side-by-side-only]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import imageio_ffmpeg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import consumer.frames  # noqa: E402
 from consumer.engines import InferenceOptions  # noqa: E402
 from consumer.frames import read_frames, sample_indices  # noqa: E402
 from consumer.model import (  # noqa: E402
@@ -72,6 +80,39 @@ def opencv_walk(path: str) -> np.ndarray:
     return np.stack(kept)
 
 
+def without_skipping(path: str) -> object:
+    """The consumer's decoder with skip_frame left off: every frame decoded."""
+    codecs = consumer.frames.SKIPPING_CODECS
+    consumer.frames.SKIPPING_CODECS = frozenset()
+    try:
+        return read_frames(path, FRAMES, keep=resize_frame)
+    finally:
+        consumer.frames.SKIPPING_CODECS = codecs
+
+
+def turned_after_shrinking(path: str) -> object:
+    return read_frames(path, FRAMES, keep=resize_frame)
+
+
+def turned_before_shrinking(path: str) -> object:
+    """As before issue 24: the full frame turned upright, then shrunk (a transform frames.py cannot
+    turn itself)."""
+    return read_frames(path, FRAMES, keep=lambda frame: resize_frame(frame))
+
+
+def side_by_side(works: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median ms of each, the works interleaved round by round so load drifts reach them alike."""
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for work in works.values():
+        work()  # warm: imports, caches, the file in the page cache
+    for _ in range(repeat):
+        for name, work in works.items():
+            started = time.perf_counter()
+            work()
+            times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def median_ms(work: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -96,9 +137,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-long", action="store_true", help="leave out the 20-minute video")
+    parser.add_argument("--side-by-side-only", action="store_true",
+                        help="only skip_frame and rotation, side by side (not the decoders' table)")
     args = parser.parse_args()
     work = Path(tempfile.gettempdir()) / "moments-bench-decode"
     work.mkdir(exist_ok=True)
+    if not args.side_by_side_only:
+        decoders_table(args, work)
+    issue_24_side_by_side(args, work)
+
+
+def decoders_table(args: argparse.Namespace, work: Path) -> None:
     x264 = ["-c:v", "libx264", "-preset", "ultrafast"]
     clips = {"3 s 640x360 H.264": make_clip(work / "short360.mp4", 640, 360, 3, x264)}
     if MIT_CLIP.exists():
@@ -116,6 +165,7 @@ def main() -> None:
     decoders: dict[str, Callable[[str], object]] = {
         "opencv-walk": opencv_walk,
         "pyav-walk": lambda path: read_frames(path, FRAMES, keep=resize_frame, seek=False),
+        "pyav-noskip": without_skipping,
         "pyav": lambda path: read_frames(path, FRAMES, keep=resize_frame),
     }
     print(f"decode of {FRAMES} frames per video, shrunk to 224x224, median of {args.repeat} runs (ms)")
@@ -143,6 +193,36 @@ def main() -> None:
         for name in ("opencv-walk", "pyav"):
             decode = results[label][name]
             print(f"decode share {label:<18} {name:<12} {decode / (decode + infer):6.1%}")
+
+
+def issue_24_side_by_side(args: argparse.Namespace, work: Path) -> None:
+    print(f"\nside by side, interleaved, median of {args.repeat} rounds (ms)")
+    bframes = make_clip(work / "hd-bframes.mp4", 1920, 1080, 3, ["-c:v", "libx264", "-preset", "medium"])
+    skip_clips = {"3 s 1080p H.264 (x264 medium, B-frames)": bframes}
+    if MIT_CLIP.exists():
+        skip_clips = {"3 s MiT clip 480x480 H.264": MIT_CLIP, **skip_clips}
+    for label, path in skip_clips.items():
+        times = side_by_side({"noskip": lambda path=path: without_skipping(str(path)),
+                              "skip": lambda path=path: read_frames(str(path), FRAMES, keep=resize_frame)},
+                             args.repeat)
+        decoded = read_frames(str(path), FRAMES, keep=resize_frame)
+        print(f"skip_frame NONREF {label:<40} {times['noskip']:7.1f} -> {times['skip']:7.1f}"
+              f"   {times['skip'] / times['noskip']:.2f}x"
+              f"   ({decoded.decoded} of {decoded.frame_count} frames decoded)")
+    plain = make_clip(work / "phone-plain.mp4", 1920, 1080, 3, ["-c:v", "libx264", "-preset", "medium"])
+    rotated = work / "phone-rotated.mp4"
+    if not rotated.exists():
+        import subprocess
+
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90",
+                        "-i", str(plain), "-c", "copy", str(rotated)], check=True)
+    times = side_by_side({"unrotated": lambda: turned_after_shrinking(str(plain)),
+                          "rotated, turned after shrinking": lambda: turned_after_shrinking(str(rotated)),
+                          "rotated, turned before shrinking": lambda: turned_before_shrinking(str(rotated))},
+                         args.repeat)
+    base = times["unrotated"]
+    for name, value in times.items():
+        print(f"phone video 1080x1920 {name:<34} {value:7.1f}   {value / base:.2f}x the unrotated")
 
 
 if __name__ == "__main__":

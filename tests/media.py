@@ -72,6 +72,39 @@ def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
     return path
 
 
+def write_h264_lossless(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
+    """H.264 in MP4 with x264's lossless mode (qp 0): the codec adds no loss to the YUV frames."""
+    height, width = frames_rgb.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv444p",
+        macro_block_size=1,
+        output_params=["-preset", "ultrafast", "-qp", "0"],
+    )
+    writer.send(None)
+    for frame in frames_rgb:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def with_display_rotation(source: Path, path: Path, degrees: int) -> Path:
+    """The same stream (copied, not re-encoded) with a display matrix turning it ``degrees``, as
+    phones record: the pixels stay as stored and players turn them."""
+    ffmpeg("-display_rotation", str(degrees), "-i", str(source), "-c", "copy", str(path))
+    return path
+
+
+def upright_rgb_by_ffmpeg(path: Path, height: int, width: int) -> np.ndarray:
+    """Every frame as ffmpeg itself shows it (it applies the display rotation), RGB (N, H, W, 3)."""
+    raw = path.with_suffix(".rgb")
+    ffmpeg("-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", str(raw))
+    return np.fromfile(raw, np.uint8).reshape(-1, height, width, 3)
+
+
 def set_avi_frame_count(path: Path, declared: int) -> Path:
     """Make an AVI lie about its length (main header and stream header)."""
     data = bytearray(path.read_bytes())

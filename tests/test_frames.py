@@ -138,3 +138,71 @@ def test_frames_are_shrunk_as_they_are_decoded(tmp_path: Path) -> None:
     assert small.frames.shape == (4, 224, 224, 3) and full.frames.shape == (4, 1080, 1920, 3)
     # Shrinking early must not change what the model sees.
     np.testing.assert_array_equal(to_model_input(small.frames), to_model_input(full.frames))
+
+
+@pytest.mark.parametrize("quarter_turns", [0, 1, 2, 3])
+@pytest.mark.parametrize(("height", "width"), [(96, 128), (136, 240), (97, 127), (224, 224), (360, 640), (1080, 1920)])
+def test_a_frame_resized_then_turned_is_bit_for_bit_the_turned_frame_resized(
+    height: int, width: int, quarter_turns: int
+) -> None:
+    """Turning the 224x224 result, not the full frame, gives the model the same input. The sizes
+    include frames whose upright version PIL resizes rows first and columns first."""
+    from consumer.preprocess import resize_frame, resize_turned_frame
+
+    frame = np.random.default_rng(height * width + quarter_turns).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = resize_frame(np.ascontiguousarray(np.rot90(frame, quarter_turns)))
+    np.testing.assert_array_equal(resize_turned_frame(frame, quarter_turns), expected)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+@pytest.mark.parametrize(("height", "width"), [(96, 128), (136, 240)])  # upright, PIL resizes rows / columns first
+def test_a_rotated_video_gives_the_model_its_frames_turned_upright(
+    tmp_path: Path, degrees: int, height: int, width: int
+) -> None:
+    """A phone video (a display matrix on the stored frames): the sampled frames, shrunk as the
+    consumer shrinks them, are exactly the unrotated clip's frames turned as ffmpeg turns them,
+    then preprocessed. The content is asymmetric, so a turn the wrong way fails."""
+    from consumer.preprocess import resize_frame, to_model_input
+    from tests.media import upright_rgb_by_ffmpeg, with_display_rotation, write_h264_lossless
+
+    plain = write_h264_lossless(tmp_path / "plain.mp4", synthetic_frames(12, height=height, width=width, seed=7))
+    rotated = with_display_rotation(plain, tmp_path / f"rotated{degrees}.mp4", degrees)
+    turns = degrees // 90
+    stored = read_frames(str(plain), 4).frames
+    upright = np.rot90(stored, turns, axes=(1, 2))
+    # The direction, independently: ffmpeg's own upright frames are the stored ones turned so.
+    shape = (width, height) if turns % 2 else (height, width)
+    np.testing.assert_array_equal(upright_rgb_by_ffmpeg(rotated, *shape)[sample_indices(12, 4)], upright)
+
+    sampled = read_frames(str(rotated), 4, keep=resize_frame)
+
+    assert sampled.frames.shape == (4, 224, 224, 3)
+    np.testing.assert_array_equal(to_model_input(sampled.frames), to_model_input(upright))
+    wrong_way = to_model_input(np.rot90(stored, -turns, axes=(1, 2)))
+    assert turns == 2 or not np.array_equal(to_model_input(sampled.frames), wrong_way)
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(VideoDecodeError, match="directory") as caught:
+        read_frames(str(tmp_path), 16, name="bucket/videos/")
+    assert "does not exist" not in str(caught.value)
+    assert "video file" in caught.value.fix
+
+
+def test_an_unreadable_file_says_so_and_how_to_fix_it(
+    tmp_path: Path, lossless_clip: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    path, _ = lossless_clip
+    if os.geteuid() == 0:  # root reads any file: the refusal the OS would give, given here
+        def refuse(file: str, *args: object, **kwargs: object) -> object:
+            raise PermissionError(13, "Permission denied", file)
+
+        monkeypatch.setattr("consumer.frames.open", refuse, raising=False)
+    else:
+        path.chmod(0)
+    with pytest.raises(VideoDecodeError, match="cannot be read") as caught:
+        read_frames(str(path), 16, name="bucket/videos/clip.avi")
+    assert "Permission denied" in caught.value.reason and "does not exist" not in str(caught.value)
+    assert "chmod" in caught.value.fix and str(path) in caught.value.fix

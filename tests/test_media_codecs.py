@@ -131,3 +131,80 @@ def test_a_truncated_tail_still_classifies_what_is_there(tmp_path: Path) -> None
     cut.write_bytes(data[: len(data) * 2 // 3])
     sampled = read_frames(str(cut), 8)
     assert 20 < sampled.frame_count < 60 and sampled.method == "walk"
+
+
+# (file name, encoder arguments, whether its decoder skips frames in a seek: non-reference B-frames)
+SKIPPING = [
+    ("h264-bframes.mp4", ["-c:v", "libx264", "-preset", "medium", "-bf", "3", "-g", "48", "-pix_fmt", "yuv420p"],
+     True),
+    ("h264-bpyramid.mkv", ["-c:v", "libx264", "-preset", "medium", "-bf", "5", "-b-pyramid", "normal", "-g", "30",
+                           "-pix_fmt", "yuv420p"], True),
+    ("hevc-bframes.mp4", ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "bframes=4:log-level=error",
+                          "-pix_fmt", "yuv420p", "-tag:v", "hvc1"], True),
+    ("vp9-altref.webm", ["-c:v", "libvpx-vp9", "-deadline", "good", "-cpu-used", "8", "-b:v", "300k",
+                         "-auto-alt-ref", "1", "-lag-in-frames", "16"], False),
+    ("av1.mp4", ["-c:v", "libaom-av1", "-cpu-used", "8", "-pix_fmt", "yuv420p"], False),
+]
+
+
+@pytest.mark.parametrize(("name", "encode", "skips"), SKIPPING, ids=[name for name, _, _ in SKIPPING])
+def test_frames_skipped_in_a_seek_leave_the_sampled_frames_a_full_walks(
+    tmp_path: Path, name: str, encode: list[str], skips: bool
+) -> None:
+    """FFmpeg's skip_frame NONREF: frames neither sampled nor referenced are not decoded, and the
+    sampled ones (non-reference B-frames among them, at 45 of 120) are exactly a full walk's."""
+    clip = make_clip(tmp_path / name, *encode, seconds=4)
+    for num_frames in (16, 45):
+        sampled = read_frames(str(clip), num_frames)
+        walked = read_frames(str(clip), num_frames, seek=False)
+        assert sampled.method == "seek" and sampled.frame_count == walked.frame_count == 120
+        np.testing.assert_array_equal(sampled.frames, walked.frames)
+        assert walked.decoded == 120
+        assert (sampled.decoded < 120) == skips  # frames were skipped where the codec can
+
+
+def test_a_sampled_frame_the_decoder_skipped_is_noticed_and_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were a sampled frame skipped (a decoder that takes skip_frame up late, say), the seek sees
+    the frame missing and walks instead: the frames stay a full walk's."""
+    import consumer.frames
+
+    clip = make_clip(tmp_path / "h264.mp4", *SKIPPING[0][1], seconds=4)
+    walked = read_frames(str(clip), 45, seek=False)
+
+    def skip_everything(self: consumer.frames._Skipping, packet: object) -> None:
+        self.decoder.skip_frames(True)
+
+    monkeypatch.setattr(consumer.frames._Skipping, "__call__", skip_everything)
+    sampled = read_frames(str(clip), 45)
+    assert sampled.method == "walk"
+    np.testing.assert_array_equal(sampled.frames, walked.frames)
+
+
+def test_a_long_video_with_b_frames_is_sampled_by_seeking_and_skipping(tmp_path: Path) -> None:
+    """200 s (6,000 frames, B-frames, a keyframe every 250): samples 375 frames apart are reached
+    by seeks, the frames between them skipped where they can be, and equal a full walk's."""
+    clip = make_clip(tmp_path / "long.mp4", "-c:v", "libx264", "-preset", "superfast", "-bf", "3", "-g", "250",
+                     "-pix_fmt", "yuv420p", w=96, h=64, seconds=200)
+    sampled = read_frames(str(clip), 16)
+    walked = read_frames(str(clip), 16, seek=False)
+    assert sampled.method == "seek" and sampled.frame_count == walked.frame_count == 6000
+    assert sampled.decoded < 16 * 250
+    np.testing.assert_array_equal(sampled.frames, walked.frames)
+
+
+def test_variable_frame_rate_with_b_frames_is_walked(tmp_path: Path) -> None:
+    """Timestamps that do not follow a constant rate: walked (no frame skipped), frames by index,
+    equal to those the same frames at a constant rate give by seeking and skipping."""
+    source = make_clip(tmp_path / "source.mkv", "-c:v", "ffv1", seconds=2)
+    lossless = ["-c:v", "libx264", "-qp", "0", "-bf", "3", "-pix_fmt", "yuv444p"]
+    constant, variable = tmp_path / "cfr.mkv", tmp_path / "vfr.mkv"
+    ffmpeg("-i", str(source), *lossless, str(constant))
+    ffmpeg("-i", str(source), "-vf", "setpts='if(lt(N,30),N,30+(N-30)*3)/30/TB'", "-fps_mode", "vfr",
+           *lossless, str(variable))
+    sampled = read_frames(str(variable), 8)
+    reference = read_frames(str(constant), 8)
+    assert sampled.method == "walk" and sampled.frame_count == 60
+    assert reference.method == "seek" and reference.frame_count == 60
+    np.testing.assert_array_equal(sampled.frames, reference.frames)

@@ -132,6 +132,7 @@ class _Decoder:
         self.path, self.name = path, name
         self.size = os.path.getsize(path)
         self.max_frame_pixels = max_frame_pixels
+        self.decoded = 0  # frames the decoder gave out, over every pass
         self._open()
 
     def _open(self) -> None:
@@ -154,7 +155,6 @@ class _Decoder:
         self.to_rgb = VideoReformatter()
         self.codec = self.stream.codec_context.name if self.stream.codec_context else "unknown"
         self.last_position = 0
-        self.decoded = getattr(self, "decoded", 0)  # kept across a rewind
 
     def _refuse_huge_frames(self) -> None:
         """Refuse, before a frame is decoded, a stream whose frames are larger than

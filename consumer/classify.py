@@ -14,7 +14,6 @@ This module imports no torch; the torch path imports it when it runs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import time
@@ -353,7 +352,7 @@ def _load_with_torch(
     elif bake is not None:
         # Baked without its weights: the file it was baked from (downloaded once, checked against the
         # baked hash), with the baked category list (its source may be a path on the building machine).
-        source = dataclasses.replace(settings, weights=bake.weights_source, weights_sha256=bake.weights_sha256)
+        source = settings.replace(weights=bake.weights_source, weights_sha256=bake.weights_sha256)
         weights_path, _ = resolve_model_files(source, progress=progress)
         categories_path = directory / baked.CATEGORIES_FILE
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ def with_local_assets(settings: Settings) -> Settings:
     if baked is not None and why_not_used(baked, settings) is None:
         return settings
     weights, categories = resolve_model_files(settings)
-    return dataclasses.replace(settings, weights=str(weights), categories=str(categories))
+    return settings.replace(weights=str(weights), categories=str(categories))
 
 
 def check_model_reaches_containers(settings: Settings, image: str) -> None:
@@ -126,7 +125,7 @@ def with_threads_for(settings: Settings, workers: int, cpus: int) -> Settings:
                     meaning="models compete for cores; throughput drops", fix=f"--workers {cpus}")
     if settings.threads is not None:
         return settings
-    return dataclasses.replace(settings, threads=threads_per_worker(cpus, workers))
+    return settings.replace(threads=threads_per_worker(cpus, workers))
 
 
 # How often the launcher looks at its functions and at their leases.

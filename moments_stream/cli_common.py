@@ -61,9 +61,12 @@ def add_command(
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command's flags over them (a flag not given keeps the
+    variable's value); each checked, naming the variable and its flag."""
     fields = ("model", "weights", "categories", "num_frames", "precision", "engine", "threads", "compile", "device",
               "redis_url", "bucket")
-    return Settings.from_env().replace(**{name: getattr(args, name, None) for name in fields})
+    flags = {name: getattr(args, name, None) for name in fields}
+    return Settings.from_env().replace(**{name: value for name, value in flags.items() if value is not None})
 
 
 def stop_on_signals(stop: threading.Event, event: str) -> None:

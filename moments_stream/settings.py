@@ -1,7 +1,11 @@
-"""Every default and every environment variable of moments-stream, in one place.
+"""Every environment variable of moments-stream, read and checked in one place.
 
 Stages never read ``os.environ`` themselves: they take a :class:`Settings` built by
-:func:`Settings.from_env` (CLI flags override fields with :meth:`Settings.replace`).
+:func:`Settings.from_env`. :data:`ENVIRONMENT` lists every ``MOMENTS_*`` variable with the field
+it sets and the values it allows; a value outside them is a :class:`ConfigError` that names the
+variable and what it allows, raised where the variable is read. :meth:`Settings.replace` is the
+one way to change settings afterwards (command-line flags, a consumer's own cache): it checks the
+new values the same way. The defaults live in ``moments_stream.defaults`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -9,126 +13,89 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .defaults import (
+    BUCKET_PATTERN,
+    CLASSIFY_JOB,
+    DEFAULT_BUCKET,
+    DEFAULT_COMPILE,
+    DEFAULT_CONSUMER_LEASE_S,
+    DEFAULT_DEVICE,
+    DEFAULT_EMBEDDED_REDIS,
+    DEFAULT_ENGINE,
+    DEFAULT_FUNCTION_TIMEOUT_S,
+    DEFAULT_GPU_DECODE_THREADS,
+    DEFAULT_JOB_BATCH,
+    DEFAULT_JOB_RETRIES,
+    DEFAULT_JOB_TIMEOUT_S,
+    DEFAULT_MAX_DECODED_FRAMES,
+    DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_MAX_VIDEO_BYTES,
+    DEFAULT_MODEL,
+    DEFAULT_NAMESPACE,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_PRECISION,
+    DEFAULT_PUBLISH_LINGER_MS,
+    DEFAULT_RECONCILE_AFTER_S,
+    DEFAULT_RECONCILE_ROUNDS,
+    DEFAULT_RECOVER_AFTER_S,
+    DEFAULT_REDIS_URL,
+    DEFAULT_RESULTS_TTL_S,
+    DEFAULT_STOP_MARGIN_S,
+    DEFAULT_STORAGE_OUTAGE_S,
+    DEFAULT_TOP_K,
+    DEFAULT_VIDEO_EXTENSIONS,
+    DEFAULT_WORKERS,
+    DEVICE_PATTERN,
+    ENGINES,
+    FAILURE_CALLBACK,
+    MAX_JOB_BATCH,
+    MAX_JOB_RETRIES,
+    MAX_NUM_FRAMES,
+    MAX_PUBLISH_LINGER_MS,
+    MAX_RECONCILE_ROUNDS,
+    MAX_THREADS,
+    MIN_CONSUMER_LEASE_S,
+    MODEL_RELEASES,
+    NAMESPACE_PATTERN,
+    PRECISIONS,
+    QUEUE_NAME_SUFFIX,
+    QUEUE_PATTERN,
+    RECENT_WINDOW_S,
+    REDIS_URL_SCHEMES,
+    RETRY_INTERVALS_S,
+    RUNTIME_CACHE_DIR,
+    STAGE_SECONDS_BUCKETS,
+    SYNTHETIC_MODEL_PREFIX,
+    THROUGHPUT_WINDOW_S,
+    TIMED_STAGES,
+    WORKER_MODEL_FIELD,
+    ModelRelease,
+    packaged_categories,
+)
 from .errors import ConfigError
-from .keys import DEFAULT_NAMESPACE, Keys
+from .keys import Keys
 
-
-@dataclass(frozen=True)
-class ModelRelease:
-    """One published Moments in Time checkpoint and the category list that matches it."""
-
-    name: str
-    weights_url: str
-    weights_size: int | None
-    categories_url: str
-    num_classes: int
-
-
-MODEL_RELEASES: dict[str, ModelRelease] = {
-    "v1": ModelRelease(
-        name="v1",
-        weights_url="http://moments.csail.mit.edu/moments_models/moments_RGB_resnet50_imagenetpretrained.pth.tar",
-        weights_size=193_898_685,
-        categories_url=(
-            "https://raw.githubusercontent.com/zhoubolei/moments_models/"
-            "5df0950626aaade0b90f57a7caa52de2282098f1/category_momentsv1.txt"
-        ),
-        num_classes=339,
-    ),
-    "v2": ModelRelease(
-        name="v2",
-        weights_url="http://moments.csail.mit.edu/moments_models/moments_v2_RGB_resnet50_imagenetpretrained.pth.tar",
-        weights_size=None,
-        categories_url="https://raw.githubusercontent.com/zhoubolei/moments_models/master/category_momentsv2.txt",
-        num_classes=305,
-    ),
-}
-
-DEFAULT_MODEL = "v1"
-
-
-def packaged_categories(release: ModelRelease) -> Path:
-    """The release's category list as shipped in this package (byte for byte the published file)."""
-    return Path(__file__).parent / "data" / release.categories_url.rsplit("/", 1)[-1]
-# The release's test_video.py samples 16 frames per clip.
-DEFAULT_NUM_FRAMES = 16
-DEFAULT_PRECISION = "fp32"
-PRECISIONS = ("fp32", "bf16", "fp16")
-# What runs the forward pass (consumer/engines.py); auto: the fastest exact one for the device.
-ENGINES = ("auto", "torch", "openvino", "onnxruntime")
-DEFAULT_ENGINE = "auto"
-DEFAULT_TOP_K = 5
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_BUCKET = "moments-stream"
-DEFAULT_VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
-# Refuse to download or decode absurd inputs rather than exhausting a function's memory.
-DEFAULT_MAX_VIDEO_BYTES = 2 * 1024**3
-# Frames of at most this many pixels are decoded: the largest picture an H.264 or HEVC level 6.2
-# decoder must take (8192x4352, 8K UHD's 7680x4320 included), about 53 MB a YUV frame, 1 GB or
-# so with the frames FFmpeg holds while decoding; a larger stream is refused before decoding.
-DEFAULT_MAX_FRAME_PIXELS = 8192 * 4352
-# The queue of videos that consumers pull from (an rq queue, so `rq info` shows it): named after
-# the namespace, ``<namespace>-videos``, unless MOMENTS_QUEUE names another.
-QUEUE_NAME_SUFFIX = "-videos"
-DEFAULT_WORKERS = 1
-# Lithops localhost kills a function after execution_timeout (default 3600 s); consumers
-# stop taking new videos this long before their backend's limit.
-DEFAULT_FUNCTION_TIMEOUT_S = 3600
-DEFAULT_STOP_MARGIN_S = 120
-# On a GPU, this many threads per consumer download and decode videos (each its own rq worker)
-# and their frames go through the model together. A CPU consumer classifies one video at a time:
-# decode and inference compete for the same cores, and separate processes do better.
-DEFAULT_GPU_DECODE_THREADS = 8
-# Runtime images (runtime/) bake the weights and categories into this download cache, so cloud
-# functions find them instead of downloading 194 MB at every cold start.
-RUNTIME_CACHE_DIR = "/opt/moments-stream/cache"
-DEFAULT_JOB_TIMEOUT_S = 600
-DEFAULT_JOB_RETRIES = 2
-# Videos per rq job. One keeps CPU consumers evenly loaded; a GPU fleet, where rq's per-job
-# bookkeeping would cost more than the classification, takes them in batches (bench/fleet.py).
-DEFAULT_JOB_BATCH = 1
-MAX_JOB_BATCH = 1000
-# A batch publishes its outcomes together (one round trip for many videos) but holds none longer
-# than this, so counts stay live when videos are slow.
-DEFAULT_PUBLISH_LINGER_MS = 1000
-MAX_PUBLISH_LINGER_MS = 60_000
-# Predictions wait on the lithops Queue for the aggregator; its keys expire this long after
-# the last put (lithops' own default is 1 h, shorter than an aggregator outage may last).
-DEFAULT_RESULTS_TTL_S = 7 * 24 * 3600
-# A consumer refreshes its liveness (its rq worker key) every third of this; a video whose
-# worker has not been seen for this long goes back on the queue (rq's abandoned-job handling).
-DEFAULT_CONSUMER_LEASE_S = 30
-# An outcome published this long ago and still not recorded (its queue message was lost with an
-# aggregator) is recorded from the outbox.
-DEFAULT_RECOVER_AFTER_S = 30
-# A pending video that no job holds (not queued, in flight, scheduled for a retry, in rq's failed
-# registry, nor awaiting the aggregator in the outbox) for this long is enqueued again by the
-# aggregator's reconciler, at most this many times; then it is recorded failed with that reason.
-DEFAULT_RECONCILE_AFTER_S = 300
-DEFAULT_RECONCILE_ROUNDS = 3
-MAX_RECONCILE_ROUNDS = 100
-# A consumer whose storage is unreachable retries the download this long before the attempt fails
-# (and rq retries it later): an outage of the store is not the video's fault.
-DEFAULT_STORAGE_OUTAGE_S = 300
-# Frames decoded per video at most where it must be walked (no sane timestamps to seek by): the
-# walk stops here (30 minutes at 30 fps). Seekable videos are sampled over their whole length.
-DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
-# Model ids of random test checkpoints start with this, so no view passes them off as real.
-SYNTHETIC_MODEL_PREFIX = "synthetic-"
-# How far back the record of recently finished videos (throughput, ETA) reaches.
-RECENT_WINDOW_S = 600
-# `aggregator status` reports throughput over this last stretch of time.
-THROUGHPUT_WINDOW_S = 60
-# The stages a consumer times (an outcome's download_ms, decode_ms, infer_ms), and the upper bounds
-# in seconds of their histograms' buckets (`aggregator metrics`). The aggregator keeps cumulative
-# bucket counts in Redis (Keys.stage_seconds): changing the bounds needs those hashes deleted.
-TIMED_STAGES = ("download", "decode", "infer")
-STAGE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+__all__ = [
+    "BUCKET_PATTERN", "CLASSIFY_JOB", "DEFAULT_BUCKET", "DEFAULT_COMPILE", "DEFAULT_CONSUMER_LEASE_S", "DEFAULT_DEVICE",
+    "DEFAULT_EMBEDDED_REDIS", "DEFAULT_ENGINE", "DEFAULT_FUNCTION_TIMEOUT_S", "DEFAULT_GPU_DECODE_THREADS",
+    "DEFAULT_JOB_BATCH", "DEFAULT_JOB_RETRIES", "DEFAULT_JOB_TIMEOUT_S", "DEFAULT_MAX_DECODED_FRAMES",
+    "DEFAULT_MAX_FRAME_PIXELS", "DEFAULT_MAX_VIDEO_BYTES", "DEFAULT_MODEL", "DEFAULT_NAMESPACE", "DEFAULT_NUM_FRAMES",
+    "DEFAULT_PRECISION", "DEFAULT_PUBLISH_LINGER_MS", "DEFAULT_RECONCILE_AFTER_S", "DEFAULT_RECONCILE_ROUNDS",
+    "DEFAULT_RECOVER_AFTER_S", "DEFAULT_REDIS_URL", "DEFAULT_RESULTS_TTL_S", "DEFAULT_STOP_MARGIN_S",
+    "DEFAULT_STORAGE_OUTAGE_S", "DEFAULT_TOP_K", "DEFAULT_VIDEO_EXTENSIONS", "DEFAULT_WORKERS", "DEVICE_PATTERN",
+    "ENGINES", "ENVIRONMENT", "FAILURE_CALLBACK", "MAX_JOB_BATCH", "MAX_JOB_RETRIES", "MAX_NUM_FRAMES",
+    "MAX_PUBLISH_LINGER_MS", "MAX_RECONCILE_ROUNDS", "MAX_THREADS", "MIN_CONSUMER_LEASE_S", "MODEL_RELEASES",
+    "NAMESPACE_PATTERN", "PRECISIONS", "QUEUE_NAME_SUFFIX", "QUEUE_PATTERN", "RECENT_WINDOW_S", "REDIS_URL_SCHEMES",
+    "RETRY_INTERVALS_S", "RUNTIME_CACHE_DIR", "STAGE_SECONDS_BUCKETS", "SYNTHETIC_MODEL_PREFIX",
+    "THROUGHPUT_WINDOW_S", "TIMED_STAGES", "WORKER_MODEL_FIELD", "EnvVar", "ModelRelease", "Settings",
+    "cache_dir_from", "packaged_categories",
+]
 
 
 def cache_dir_from(env: Mapping[str, str]) -> Path:
@@ -144,19 +111,304 @@ def _default_data_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "moments-stream"
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer", fix=f"set {name} to a whole number") from None
+# --- the kinds of value a variable takes: how its text reads, what it allows ------------------------
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Integer:
+    """A whole number from ``low`` to ``high`` (no bound when ``None``); with ``zero_unset``, 0
+    means "let the program choose" and reads as ``None``."""
+
+    low: int
+    high: int | None = None
+    zero_unset: bool = False
+
+    def parse(self, raw: str) -> int | None:
+        value = int(raw.strip().replace("_", ""))
+        return None if self.zero_unset and value == 0 else value
+
+    def allows(self, value: Any) -> bool:
+        if value is None or (value == 0 and self.zero_unset):
+            return self.zero_unset
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return value >= self.low and (self.high is None or value <= self.high)
+
+    @property
+    def allowed(self) -> str:
+        span = (f"a whole number from {self.low} to {self.high}" if self.high is not None
+                else f"a whole number, {self.low} or more")
+        return f"0 (let the program choose) or {span}" if self.zero_unset else span
+
+    noun = "a whole number"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """On or off."""
+
+    def parse(self, raw: str) -> bool:
+        word = raw.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ValueError(raw)
+
+    def allows(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    allowed = "1 or 0 (true/false, yes/no, on/off)"
+    noun = "on or off"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few names."""
+
+    values: tuple[str, ...]
+
+    def parse(self, raw: str) -> str:
+        return raw.strip()
+
+    def allows(self, value: Any) -> bool:
+        return value in self.values
+
+    @property
+    def allowed(self) -> str:
+        return f"one of: {', '.join(self.values)}"
+
+    noun = "a known name"
+
+
+@dataclass(frozen=True)
+class Name:
+    """Text matching ``pattern`` (a bucket, a namespace, a device); ``None`` when unset and optional."""
+
+    pattern: str
+    allowed: str
+    optional: bool = False
+
+    def parse(self, raw: str) -> str:
+        return raw.strip()
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+
+    noun = "a valid name"
+
+
+@dataclass(frozen=True)
+class RedisUrl:
+    """A redis-py URL: ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
+
+    optional: bool = False
+    allowed = f"a Redis URL ({', '.join(scheme + '://' for scheme in REDIS_URL_SCHEMES)}), e.g. {DEFAULT_REDIS_URL}"
+    noun = "a Redis URL"
+
+    def parse(self, raw: str) -> str:
+        return raw.strip()
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if not isinstance(value, str):
+            return False
+        try:
+            parsed = urllib.parse.urlsplit(value)
+            parsed.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            return False
+        if parsed.scheme not in REDIS_URL_SCHEMES:
+            return False
+        return bool(parsed.path) if parsed.scheme == "unix" else bool(parsed.hostname)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file: a local path or an http(s) URL; ``None`` when unset."""
+
+    allowed = "a local path or an http(s) URL"
+    noun = "a path or URL"
+
+    def parse(self, raw: str) -> str:
+        return raw.strip()
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if not isinstance(value, str) or not value or "\0" in value:
+            return False
+        if "://" in value:
+            parsed = urllib.parse.urlsplit(value)
+            return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+        return True
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A local directory; it need not exist yet, but nothing else may stand at its path."""
+
+    allowed = "a directory (or a path where one can be made, not a file)"
+    noun = "a directory"
+
+    def parse(self, raw: str) -> Path:
+        return Path(raw.strip()).expanduser()
+
+    def allows(self, value: Any) -> bool:
+        if not isinstance(value, Path) or "\0" in str(value):
+            return False
+        try:
+            return value.is_dir() or not value.exists()
+        except OSError:
+            return False
+
+
+Kind = Integer | Flag | Choice | Name | RedisUrl | Source | Directory
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: the :class:`Settings` field it sets, the kind of value it takes,
+    its documented default (as README shows it), what it means, the command-line option that sets
+    the field too."""
+
+    name: str
+    field: str
+    kind: Kind
+    default: str
+    meaning: str = ""
+    flag: str | None = None
+    # What the error says the value is, for a name outside a Choice ("inference engine").
+    what: str = ""
+    # Said in the fix instead of the kind's generic range.
+    allowed: str = ""
+
+    @property
+    def fix(self) -> str:
+        where = f"{self.name} or {self.flag}" if self.flag else self.name
+        meaning = f" ({self.meaning})" if self.meaning else ""
+        return f"set {where}{meaning} to {self.allowed or self.kind.allowed}; default {self.default}"
+
+    def error(self, shown: str) -> ConfigError:
+        """The error for a value this variable does not allow (``shown`` as the user gave it)."""
+        if isinstance(self.kind, Choice):
+            return ConfigError(f"unknown {self.what or self.field} {shown} ({self.name})", fix=self.fix)
+        if isinstance(self.kind, Integer):
+            try:
+                int(shown.strip().replace("_", ""))
+            except ValueError:
+                return ConfigError(f"{self.name}={shown!r} is not a whole number", fix=self.fix)
+            return ConfigError(f"{self.name}={shown.strip()} is out of range", fix=self.fix)
+        return ConfigError(f"{self.name}={shown!r} is not {self.kind.noun}", fix=self.fix)
+
+    def read(self, raw: str) -> Any:
+        """The field's value for the variable's text (a :class:`ConfigError` naming it if not allowed)."""
+        try:
+            value = self.kind.parse(raw)
+        except ValueError:
+            raise self.error(raw) from None
+        if not self.kind.allows(value):
+            raise self.error(raw if not isinstance(self.kind, Choice) else repr(raw.strip()))
+        return value
+
+    def check(self, value: Any) -> None:
+        if not self.kind.allows(value):
+            raise self.error(repr(value) if isinstance(self.kind, Choice) else str(value))
+
+
+_PLAIN = "letters, digits, '.', '_' or '-', starting with a letter or a digit"
+
+# Every MOMENTS_* variable, in README's order (the settings table and the model section).
+ENVIRONMENT: tuple[EnvVar, ...] = (
+    EnvVar("MOMENTS_REDIS_URL", "redis_url", RedisUrl(), DEFAULT_REDIS_URL, flag="--redis-url"),
+    EnvVar("MOMENTS_EMBEDDED_REDIS", "embedded_redis", Flag(), "1",
+           meaning="0 keeps the commands from starting a redis-server of their own"),
+    EnvVar("MOMENTS_DATA_DIR", "data_dir", Directory(), "~/.local/share/moments-stream",
+           meaning="where the embedded Redis keeps its append-only file"),
+    EnvVar("MOMENTS_BUCKET", "bucket", Name(BUCKET_PATTERN, f"a bucket name: {_PLAIN} (at most 255)"),
+           DEFAULT_BUCKET, flag="--bucket"),
+    EnvVar("MOMENTS_NAMESPACE", "namespace", Name(NAMESPACE_PATTERN, f"{_PLAIN} (at most 64), e.g. moments"),
+           DEFAULT_NAMESPACE, meaning="the prefix of every Redis key"),
+    EnvVar("MOMENTS_QUEUE", "queue", Name(QUEUE_PATTERN, f"an rq queue name: {_PLAIN} or ':' (at most 128)",
+                                          optional=True),
+           f"<namespace>{QUEUE_NAME_SUFFIX}"),
+    EnvVar("MOMENTS_MAX_VIDEO_BYTES", "max_video_bytes", Integer(1), str(DEFAULT_MAX_VIDEO_BYTES),
+           meaning="bytes a video may have"),
+    EnvVar("MOMENTS_JOB_TIMEOUT", "job_timeout_s", Integer(1), str(DEFAULT_JOB_TIMEOUT_S),
+           meaning="seconds one video may take"),
+    EnvVar("MOMENTS_JOB_RETRIES", "job_retries", Integer(0, MAX_JOB_RETRIES), str(DEFAULT_JOB_RETRIES),
+           meaning="rq retries of a failed attempt"),
+    EnvVar("MOMENTS_JOB_BATCH", "job_batch", Integer(1, MAX_JOB_BATCH), str(DEFAULT_JOB_BATCH),
+           meaning="videos per job", allowed=f"1 (CPU consumers) up to {MAX_JOB_BATCH}, e.g. 64 for GPU consumers"),
+    EnvVar("MOMENTS_PUBLISH_LINGER_MS", "publish_linger_ms", Integer(0, MAX_PUBLISH_LINGER_MS),
+           str(DEFAULT_PUBLISH_LINGER_MS), allowed=f"0 (publish each outcome at once) up to {MAX_PUBLISH_LINGER_MS}"),
+    EnvVar("MOMENTS_RESULTS_TTL", "results_ttl_s", Integer(1), str(DEFAULT_RESULTS_TTL_S),
+           meaning="seconds the results queue's keys live after the last put"),
+    EnvVar("MOMENTS_CONSUMER_LEASE", "consumer_lease_s", Integer(MIN_CONSUMER_LEASE_S), str(DEFAULT_CONSUMER_LEASE_S),
+           meaning="seconds after which a silent consumer counts as dead"),
+    EnvVar("MOMENTS_RECOVER_AFTER", "recover_after_s", Integer(1), str(DEFAULT_RECOVER_AFTER_S),
+           meaning="seconds after which an outcome never recorded is recorded from the outbox"),
+    EnvVar("MOMENTS_RECONCILE_AFTER", "reconcile_after_s", Integer(1), str(DEFAULT_RECONCILE_AFTER_S),
+           meaning="seconds a pending video may have no job before it is enqueued again"),
+    EnvVar("MOMENTS_RECONCILE_ROUNDS", "reconcile_rounds", Integer(0, MAX_RECONCILE_ROUNDS),
+           str(DEFAULT_RECONCILE_ROUNDS),
+           meaning="times a video with no job is enqueued again before it is recorded failed"),
+    EnvVar("MOMENTS_STORAGE_OUTAGE", "storage_outage_s", Integer(0), str(DEFAULT_STORAGE_OUTAGE_S),
+           meaning="seconds a download is retried while storage is unreachable"),
+    EnvVar("MOMENTS_STOP_MARGIN", "stop_margin_s", Integer(0), str(DEFAULT_STOP_MARGIN_S),
+           meaning="seconds a consumer's last video has before its function's time limit"),
+    EnvVar("MOMENTS_MAX_DECODED_FRAMES", "max_decoded_frames", Integer(1), str(DEFAULT_MAX_DECODED_FRAMES),
+           meaning="frames decoded per video at most"),
+    EnvVar("MOMENTS_MAX_FRAME_PIXELS", "max_frame_pixels", Integer(1), str(DEFAULT_MAX_FRAME_PIXELS),
+           meaning="pixels a frame may have (width x height)"),
+    EnvVar("MOMENTS_FUNCTION_REDIS_URL", "function_redis_url", RedisUrl(optional=True), "MOMENTS_REDIS_URL",
+           meaning="the Redis address the consumer functions reach"),
+    # The model (README's "Model" section).
+    EnvVar("MOMENTS_MODEL", "model", Choice(tuple(MODEL_RELEASES)), DEFAULT_MODEL, flag="--model",
+           what="model"),
+    EnvVar("MOMENTS_WEIGHTS", "weights", Source(), "the release's URL", flag="--weights"),
+    EnvVar("MOMENTS_CATEGORIES", "categories", Source(), "the release's list (packaged)", flag="--categories"),
+    EnvVar("MOMENTS_WEIGHTS_SHA256", "weights_sha256", Name("[0-9A-Fa-f]{64}", "64 hexadecimal digits", optional=True),
+           "none (the release's own for its URL)", meaning="the weights' SHA-256"),
+    EnvVar("MOMENTS_CACHE_DIR", "cache_dir", Directory(), "$XDG_CACHE_HOME/moments-stream (~/.cache/moments-stream)",
+           meaning="the download cache"),
+    EnvVar("MOMENTS_NUM_FRAMES", "num_frames", Integer(1, MAX_NUM_FRAMES), str(DEFAULT_NUM_FRAMES), flag="--frames",
+           meaning="frames sampled per video"),
+    EnvVar("MOMENTS_PRECISION", "precision", Choice(PRECISIONS), DEFAULT_PRECISION, flag="--precision",
+           what="precision"),
+    EnvVar("MOMENTS_ENGINE", "engine", Choice(ENGINES), DEFAULT_ENGINE, flag="--engine", what="inference engine"),
+    EnvVar("MOMENTS_THREADS", "threads", Integer(1, MAX_THREADS, zero_unset=True), "0 (the CPUs each consumer gets)",
+           flag="--threads", meaning="torch threads per model"),
+    EnvVar("MOMENTS_COMPILE", "compile", Flag(), "0", flag="--compile", meaning="torch.compile the model"),
+    EnvVar("MOMENTS_DECODE_THREADS", "decode_threads", Integer(1, MAX_THREADS, zero_unset=True),
+           f"0 ({DEFAULT_GPU_DECODE_THREADS} per GPU consumer, 1 on a CPU)", meaning="decode threads per consumer"),
+    EnvVar("MOMENTS_DEVICE", "device", Name(DEVICE_PATTERN, "auto, cpu, cuda or cuda:N"), DEFAULT_DEVICE,
+           flag="--device"),
+)
+_BY_FIELD = {variable.field: variable for variable in ENVIRONMENT}
+
+
+_UNSET = object()
+
+
+def _read(env: Mapping[str, str], field: str) -> Any:
+    """The field's value from its variable, if set (an empty variable counts as unset)."""
+    variable = _BY_FIELD[field]
+    raw = env.get(variable.name)
+    if raw is None or raw.strip() == "":
+        return _UNSET
+    return variable.read(raw)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration shared by producer, consumer and aggregator."""
+    """Resolved configuration shared by producer, consumer and aggregator (fields: see ENVIRONMENT)."""
 
     model: str = DEFAULT_MODEL
     weights: str | None = None
@@ -168,14 +420,14 @@ class Settings:
     precision: str = DEFAULT_PRECISION
     engine: str = DEFAULT_ENGINE
     threads: int | None = None
-    compile: bool = False
+    compile: bool = DEFAULT_COMPILE
     decode_threads: int | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     redis_url: str = DEFAULT_REDIS_URL
     # Where the consumer functions reach Redis, when not at redis_url (the launcher's address):
     # e.g. a private address in the cloud, or the Docker bridge's gateway for localhost containers.
     function_redis_url: str | None = None
-    embedded_redis: bool = True
+    embedded_redis: bool = DEFAULT_EMBEDDED_REDIS
     bucket: str = DEFAULT_BUCKET
     namespace: str = DEFAULT_NAMESPACE
     queue: str | None = None
@@ -193,95 +445,27 @@ class Settings:
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     stop_margin_s: int = DEFAULT_STOP_MARGIN_S
     storage_outage_s: int = DEFAULT_STORAGE_OUTAGE_S
-    # Tests only: a directory where a consumer stops before publishing the outcome of a video that
-    # has a ``hold-<name>`` file there (see consumer.jobs.hold_for_test), so a fault test can act
-    # while a video is known to be in hand. Never set in production.
-    test_barrier_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every ``MOMENTS_*`` variable of ``env`` (default ``os.environ``), each checked as it is
+        read: a :class:`ConfigError` names the first variable whose value is not allowed."""
         env = os.environ if env is None else env
-        settings = cls(
-            model=env.get("MOMENTS_MODEL", DEFAULT_MODEL),
-            weights=env.get("MOMENTS_WEIGHTS") or None,
-            categories=env.get("MOMENTS_CATEGORIES") or None,
-            weights_sha256=env.get("MOMENTS_WEIGHTS_SHA256") or None,
-            cache_dir=cache_dir_from(env),
-            data_dir=Path(env["MOMENTS_DATA_DIR"]) if env.get("MOMENTS_DATA_DIR") else _default_data_dir(env),
-            num_frames=_int(env, "MOMENTS_NUM_FRAMES", DEFAULT_NUM_FRAMES),
-            precision=env.get("MOMENTS_PRECISION", DEFAULT_PRECISION),
-            engine=env.get("MOMENTS_ENGINE", DEFAULT_ENGINE),
-            threads=_int(env, "MOMENTS_THREADS", 0) or None,
-            compile=env.get("MOMENTS_COMPILE", "0") not in ("0", "", "false", "no"),
-            decode_threads=_int(env, "MOMENTS_DECODE_THREADS", 0) or None,
-            device=env.get("MOMENTS_DEVICE", "auto"),
-            redis_url=env.get("MOMENTS_REDIS_URL", DEFAULT_REDIS_URL),
-            function_redis_url=env.get("MOMENTS_FUNCTION_REDIS_URL") or None,
-            embedded_redis=env.get("MOMENTS_EMBEDDED_REDIS", "1") not in ("0", "false", "no"),
-            bucket=env.get("MOMENTS_BUCKET", DEFAULT_BUCKET),
-            namespace=env.get("MOMENTS_NAMESPACE") or DEFAULT_NAMESPACE,
-            queue=env.get("MOMENTS_QUEUE") or None,
-            max_video_bytes=_int(env, "MOMENTS_MAX_VIDEO_BYTES", DEFAULT_MAX_VIDEO_BYTES),
-            job_timeout_s=_int(env, "MOMENTS_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
-            job_retries=_int(env, "MOMENTS_JOB_RETRIES", DEFAULT_JOB_RETRIES),
-            job_batch=_int(env, "MOMENTS_JOB_BATCH", DEFAULT_JOB_BATCH),
-            publish_linger_ms=_int(env, "MOMENTS_PUBLISH_LINGER_MS", DEFAULT_PUBLISH_LINGER_MS),
-            results_ttl_s=_int(env, "MOMENTS_RESULTS_TTL", DEFAULT_RESULTS_TTL_S),
-            consumer_lease_s=_int(env, "MOMENTS_CONSUMER_LEASE", DEFAULT_CONSUMER_LEASE_S),
-            recover_after_s=_int(env, "MOMENTS_RECOVER_AFTER", DEFAULT_RECOVER_AFTER_S),
-            reconcile_after_s=_int(env, "MOMENTS_RECONCILE_AFTER", DEFAULT_RECONCILE_AFTER_S),
-            reconcile_rounds=_int(env, "MOMENTS_RECONCILE_ROUNDS", DEFAULT_RECONCILE_ROUNDS),
-            max_decoded_frames=_int(env, "MOMENTS_MAX_DECODED_FRAMES", DEFAULT_MAX_DECODED_FRAMES),
-            max_frame_pixels=_int(env, "MOMENTS_MAX_FRAME_PIXELS", DEFAULT_MAX_FRAME_PIXELS),
-            stop_margin_s=_int(env, "MOMENTS_STOP_MARGIN", DEFAULT_STOP_MARGIN_S),
-            storage_outage_s=_int(env, "MOMENTS_STORAGE_OUTAGE", DEFAULT_STORAGE_OUTAGE_S),
-            test_barrier_dir=env.get("MOMENTS_TEST_BARRIER_DIR") or None,
-        )
-        return settings.validated()
+        given = {name: value for name in _BY_FIELD if (value := _read(env, name)) is not _UNSET}
+        given.setdefault("cache_dir", cache_dir_from(env))
+        given.setdefault("data_dir", _default_data_dir(env))
+        return cls(**given).validated()
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with the given fields changed; ``None`` values keep the current field."""
-        given = {name: value for name, value in changes.items() if value is not None}
-        return dataclasses.replace(self, **given).validated()
+        """A copy with the given fields changed (``None`` included: it unsets an optional field),
+        each new value checked as if its variable had been set: the one way to change settings."""
+        return dataclasses.replace(self, **changes).validated()
 
     def validated(self) -> Settings:
-        if self.model not in MODEL_RELEASES:
-            raise ConfigError(
-                f"unknown model {self.model!r}",
-                fix=f"use one of: {', '.join(MODEL_RELEASES)} (MOMENTS_MODEL or --model)",
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", fix=f"use one of: {', '.join(PRECISIONS)}")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"unknown inference engine {self.engine!r}",
-                              fix=f"use one of: {', '.join(ENGINES)} (MOMENTS_ENGINE or --engine)")
-        if self.num_frames < 1:
-            raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}", fix="use --frames 16")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.namespace):
-            raise ConfigError(
-                f"namespace {self.namespace!r} is not a plain name",
-                fix="set MOMENTS_NAMESPACE to letters, digits, '.', '_' or '-' (at most 64), e.g. moments",
-            )
-        if not 1 <= self.job_batch <= MAX_JOB_BATCH:
-            raise ConfigError(f"MOMENTS_JOB_BATCH={self.job_batch} is out of range",
-                              fix=f"videos per job: 1 (CPU consumers) up to {MAX_JOB_BATCH}, e.g. 64 for GPU consumers")
-        if not 0 <= self.publish_linger_ms <= MAX_PUBLISH_LINGER_MS:
-            raise ConfigError(f"MOMENTS_PUBLISH_LINGER_MS={self.publish_linger_ms} is out of range",
-                              fix=f"0 (publish each outcome at once) up to {MAX_PUBLISH_LINGER_MS}; default "
-                                  f"{DEFAULT_PUBLISH_LINGER_MS}")
-        if self.reconcile_after_s < 1:
-            raise ConfigError(f"MOMENTS_RECONCILE_AFTER={self.reconcile_after_s} is too short",
-                              fix=f"seconds a pending video may have no job before it is enqueued again: at least 1; "
-                                  f"default {DEFAULT_RECONCILE_AFTER_S}")
-        if not 0 <= self.reconcile_rounds <= MAX_RECONCILE_ROUNDS:
-            raise ConfigError(f"MOMENTS_RECONCILE_ROUNDS={self.reconcile_rounds} is out of range",
-                              fix=f"times a video with no job is enqueued again before it is recorded failed: 0 up to "
-                                  f"{MAX_RECONCILE_ROUNDS}; default {DEFAULT_RECONCILE_ROUNDS}")
-        if self.max_frame_pixels < 1:
-            raise ConfigError(f"MOMENTS_MAX_FRAME_PIXELS={self.max_frame_pixels} is out of range",
-                              fix=f"pixels a frame may have (width x height); default {DEFAULT_MAX_FRAME_PIXELS:,}")
-        if self.consumer_lease_s < 3:
-            raise ConfigError(f"consumer lease {self.consumer_lease_s} s is too short", fix="MOMENTS_CONSUMER_LEASE=30")
+        """These settings, if every field holds a value its variable allows (else a ConfigError
+        naming the variable)."""
+        for variable in ENVIRONMENT:
+            variable.check(getattr(self, variable.field))
         return self
 
     @property
@@ -296,7 +480,7 @@ class Settings:
 
     def for_functions(self) -> Settings:
         """These settings as the consumer functions get them: Redis at the address they reach."""
-        return dataclasses.replace(self, redis_url=self.function_redis_url or self.redis_url, function_redis_url=None)
+        return self.replace(redis_url=self.function_redis_url or self.redis_url, function_redis_url=None)
 
     @property
     def release(self) -> ModelRelease:
@@ -311,14 +495,3 @@ class Settings:
         """``MOMENTS_CATEGORIES``, else the release's list shipped in the package (its source URL is
         ``release.categories_url``; see moments_stream/data/README.md)."""
         return self.categories or str(packaged_categories(self.release))
-
-
-# The consumer's rq job interface, referenced by dotted path so the producer need not import
-# torch: enqueueing must stay light.
-CLASSIFY_JOB = "consumer.jobs.classify_videos"
-FAILURE_CALLBACK = "consumer.jobs.on_job_failure"
-# The field of a consumer's rq worker hash that names the model it runs (`aggregator check` finds
-# jobs for a model no live consumer runs); it expires with the worker's lease.
-WORKER_MODEL_FIELD = "moments_model"
-# rq retries a failed attempt after these many seconds (then gives up: failed registry).
-RETRY_INTERVALS_S = (5, 30)

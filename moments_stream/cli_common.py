@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import MomentsError
-from .logs import configure_logging, get_logger, tell
+from .logs import configure_logging, get_logger, json_logs_enabled, tell
 from .settings import ENGINES, MODEL_RELEASES, PRECISIONS, Settings
 
 log = get_logger(__name__)
@@ -94,6 +94,11 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         tell(log, "interrupted", "interrupted", level="warning")
         return 130
+    except Exception:
+        if not json_logs_enabled():
+            raise  # Python's own traceback on a terminal
+        log.exception("command_crashed")  # one JSON line, the traceback structured, as every other line
+        return 1
 
 
 def report_error(error: MomentsError) -> None:

@@ -3,6 +3,7 @@ each line on stderr one JSON object with the logger's name when stderr is not a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from lithops.utils import setup_lithops_logger
 
+from moments_stream.cli_common import add_command, run_cli
+from moments_stream.errors import ConfigError
 from moments_stream.logs import configure_logging, get_logger, reset_logging, tell
 from tests.pipeline import make_clips, run, start
 
@@ -76,6 +79,31 @@ def test_quiet_by_default_and_plain_text_on_a_console(capsys: pytest.CaptureFixt
     assert "chatter" not in err and "debug only" not in err
     assert "enqueued" in err and "producer.service" in err
     assert "enqueued 2, skipped 0\n" in err  # tell: the text itself on a console
+
+
+def test_a_commands_errors_and_crashes_are_json_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(args: argparse.Namespace) -> int:
+        raise ConfigError("MOMENTS_JOB_RETRIES=-1 is out of range", fix="set MOMENTS_JOB_RETRIES to 0 up to 100")
+
+    def crashes(args: argparse.Namespace) -> int:
+        raise RuntimeError("a bug")
+
+    parser = argparse.ArgumentParser(prog="test")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_command(commands, fails, "fails")
+    add_command(commands, crashes, "crashes")
+    try:
+        assert run_cli(parser, ["fails"]) == 2
+        assert run_cli(parser, ["crashes"]) == 1
+    finally:
+        reset_logging()
+    events = json_lines(capsys.readouterr().err)
+    assert [(event["event"], event["level"]) for event in events] == [
+        ("command_failed", "error"), ("command_fix", "error"), ("command_crashed", "error")]
+    assert events[0]["message"] == "error: MOMENTS_JOB_RETRIES=-1 is out of range"
+    assert events[1]["message"] == "fix: set MOMENTS_JOB_RETRIES to 0 up to 100"
+    assert events[2]["exception"][0]["exc_type"] == "RuntimeError"
+    assert {event["logger"] for event in events} == {"moments_stream.cli_common"}
 
 
 @pytest.mark.e2e

@@ -182,11 +182,19 @@ def test_a_sampled_frame_the_decoder_skipped_is_noticed_and_walked(
     np.testing.assert_array_equal(sampled.frames, walked.frames)
 
 
-def test_a_long_video_with_b_frames_is_sampled_by_seeking_and_skipping(tmp_path: Path) -> None:
-    """200 s (6,000 frames, B-frames, a keyframe every 250): samples 375 frames apart are reached
-    by seeks, the frames between them skipped where they can be, and equal a full walk's."""
-    clip = make_clip(tmp_path / "long.mp4", "-c:v", "libx264", "-preset", "superfast", "-bf", "3", "-g", "250",
-                     "-pix_fmt", "yuv420p", w=96, h=64, seconds=200)
+LONG_WITH_B_FRAMES = {
+    "h264.mp4": ["-c:v", "libx264", "-preset", "superfast", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"],
+    "hevc-open-gop.mkv": ["-c:v", "libx265", "-preset", "fast", "-pix_fmt", "yuv420p",
+                          "-x265-params", "bframes=4:keyint=250:open-gop=1:log-level=error"],
+}
+
+
+@pytest.mark.parametrize("name", LONG_WITH_B_FRAMES)
+def test_a_long_video_with_b_frames_is_sampled_by_seeking_and_skipping(tmp_path: Path, name: str) -> None:
+    """200 s (6,000 frames, B-frames, a keyframe every 250; HEVC's open GOPs too): samples 375
+    frames apart are reached by seeks, the frames between them skipped where they can be, and
+    equal a full walk's."""
+    clip = make_clip(tmp_path / name, *LONG_WITH_B_FRAMES[name], w=96, h=64, seconds=200)
     sampled = read_frames(str(clip), 16)
     walked = read_frames(str(clip), 16, seek=False)
     assert sampled.method == "seek" and sampled.frame_count == walked.frame_count == 6000

@@ -40,8 +40,9 @@ def resize_turned_frame(frame_rgb: np.ndarray, quarter_turns: int) -> np.ndarray
     Phones record rotated: the frame is stored on its side and a display matrix says how to turn it
     upright. Turning a 1080p frame costs about as much as resizing it; this resizes it first and
     turns the 224x224 result. Equal bits need care, as PIL resizes in two passes (along rows, then
-    columns, or the other way round: it picks by size), each rounding to 8 bits: the passes run in
-    the order PIL uses for the upright frame, each along the same pixels in the same direction.
+    columns, or with the result of the other order for some sizes), each rounding to 8 bits: the
+    passes run in the order that matches PIL's for the upright frame, each along the same pixels in
+    the same direction.
     A quarter turn swaps rows and columns (a transpose, done last on the small result) and reverses
     one axis; a reversal (a flip) commutes with a pass along the other axis, so it waits until the
     pass along its own axis, which then meets the 224-pixel result of the first pass where it can.
@@ -84,10 +85,10 @@ def resize_turned_frame(frame_rgb: np.ndarray, quarter_turns: int) -> np.ndarray
 def _rows_first(height: int, width: int) -> bool:
     """Whether PIL resizes a ``height`` x ``width`` RGB image to 224x224 along rows first.
 
-    Pillow's source resizes along rows, then columns, but the installed build picks the order by
-    size (Pillow 13.0: columns first for a 360x640 portrait frame, width x height, rows first for a
-    1080x1920 one), so it is asked: once per size in a process, on noise, where the two orders'
-    8-bit roundings part (~20 ms for a 1080p size, once).
+    Pillow's source resizes along rows, then columns, but the installed Pillow 13.0 gives the
+    result of columns first for some sizes (a 360x640 portrait frame, width x height; rows first
+    for a 1080x1920 one), so which order matches is asked: once per size in a process, on noise,
+    where the two orders' 8-bit roundings part (~20 ms for a 1080p size, once).
     """
     noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     image = Image.fromarray(noise)

@@ -239,7 +239,7 @@ def enqueue_with_watch(client: redis.Redis, settings: Settings, videos: dict[str
                     pipe.unwatch()
                     return 0
                 pipe.multi()
-                queues._queue_jobs(pipe, client, settings, chosen, model_id)
+                queues.queue_jobs(pipe, client, settings, chosen, model_id)
                 pipe.execute()
                 return len(chosen)
             except redis.WatchError:
@@ -256,7 +256,7 @@ def enqueue_unchecked(client: redis.Redis, settings: Settings, videos: dict[str,
               if seen is None or seen.decode() != fingerprint}
     if chosen:
         with client.pipeline(transaction=True) as pipe:
-            queues._queue_jobs(pipe, client, settings, chosen, model_id)
+            queues.queue_jobs(pipe, client, settings, chosen, model_id)
             pipe.execute()
     return len(chosen)
 

@@ -8,8 +8,7 @@ Every rq object that reads jobs (queues, workers, registries, ``Job.fetch``) mus
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -18,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from .redis_conn import text
 from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, WORKER_MODEL_FIELD, Settings
-from .videos import pending_entry, video_id
+from .videos import pending_entry
 
 # Failed jobs stay in rq's failed registry (``rq info``) this long.
 FAILURE_TTL_S = 30 * 24 * 3600
@@ -56,7 +55,7 @@ def enqueue_videos(
         return 0
     if not only_new:
         with client.pipeline(transaction=True) as pipe:
-            _queue_jobs(pipe, client, settings, videos, model_id)
+            queue_jobs(pipe, client, settings, videos, model_id)
             pipe.execute()
         return len(videos)
     seen_key = settings.keys.seen()
@@ -108,7 +107,7 @@ def _write_if_still_chosen(
     """Write the marks and jobs of ``chosen`` in one script call, unless a video of ``videos`` is
     no longer chosen or left out as it was (another producer enqueued it meanwhile)."""
     recorder = client.pipeline(transaction=False)  # never executed: it collects the batch's commands
-    _queue_jobs(recorder, client, settings, chosen, model_id)
+    queue_jobs(recorder, client, settings, chosen, model_id)
     commands = [args for args, _options in recorder.command_stack]
     recorder.reset()
     script_keys: list[Any] = [settings.keys.seen()]
@@ -127,7 +126,7 @@ def _write_if_still_chosen(
 _MARKS_PER_COMMAND = 1000
 
 
-def _queue_jobs(
+def queue_jobs(
     pipe: redis.client.Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str], model_id: str | None
 ) -> None:
     """Queue on ``pipe`` the seen/pending marks of ``videos`` and their rq jobs (one per
@@ -199,67 +198,3 @@ def live_consumer_models(client: redis.Redis, settings: Settings) -> set[str]:
             pipe.hmget(key, [WORKER_MODEL_FIELD, "death"])
         fields = pipe.execute()
     return {text(model) for model, death in fields if model is not None and death is None}
-
-
-def failures(client: redis.Redis, settings: Settings) -> list[dict]:
-    """Every failed video's record (video, fingerprint, error, worker), sorted by key."""
-    records = (json.loads(raw) for raw in client.hvals(settings.keys.failed()))
-    return sorted(records, key=lambda record: record["video"])
-
-
-def as_video_id(known: Iterable[str], bucket: str, name: str) -> str:
-    """``name`` as a video id: itself when it is one of ``known``, else a key in ``bucket``."""
-    return name if name in known else video_id(bucket, name)
-
-
-def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str] | None = None) -> list[str]:
-    """Give failed videos (all, or those named) another round of attempts; returns those requeued.
-
-    One transaction (``WATCH`` on the failed hash, retried when it changed meanwhile) leaves the
-    failed set, marks the version last enqueued pending again and enqueues its job, so a crash
-    leaves each video failed or requeued, never in neither state. A failed ``--reclassify`` is
-    requeued for the model it was for (the failure's ``for_model``). Their rq jobs leave rq's
-    failed registry in the same transaction, so ``rq info`` and ``consumer failures`` agree.
-    """
-    keys = settings.keys
-    registry = video_queue(client, settings).failed_job_registry
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(keys.failed())
-                records = {record["video"]: record for record in map(json.loads, pipe.hvals(keys.failed()))}
-                chosen = _chosen(records, settings.bucket, videos)
-                if not chosen:
-                    pipe.unwatch()
-                    return []
-                latest = pipe.hmget(keys.seen(), chosen)
-                by_model: dict[str | None, dict[str, str]] = {}
-                for video, seen in zip(chosen, latest, strict=True):
-                    fingerprint = text(seen) if seen is not None else records[video]["fingerprint"]
-                    by_model.setdefault(records[video].get("for_model"), {})[video] = fingerprint
-                failed_jobs = [
-                    job
-                    for job in registry.job_class.fetch_many(
-                        registry.get_job_ids(), connection=client, serializer=JOB_SERIALIZER
-                    )
-                    if job is not None and job.args and not set(chosen).isdisjoint(job_videos(job.args)[0])
-                ]
-                pipe.multi()
-                for job in failed_jobs:
-                    registry.remove(job, pipeline=pipe)
-                    job.delete(pipeline=pipe, remove_from_queue=False)
-                pipe.hdel(keys.failed(), *chosen)
-                for model_id, group in by_model.items():
-                    _queue_jobs(pipe, client, settings, group, model_id)
-                pipe.execute()
-                return chosen
-            except redis.WatchError:
-                continue
-
-
-def _chosen(records: dict[str, dict], bucket: str, videos: Iterable[str] | None) -> list[str]:
-    """The failed videos named (all when ``None``): by id (BUCKET/KEY), or by key in ``bucket``."""
-    if videos is None:
-        return list(records)
-    named = dict.fromkeys(as_video_id(records, bucket, video) for video in videos)
-    return [video for video in named if video in records]

@@ -149,7 +149,7 @@ def test_a_producer_racing_mid_write_leaves_out_what_the_other_enqueued(
     reads and builds again: each video is enqueued once."""
     settings = Settings.from_env({}).replace(redis_url=redis_url)
     builds: list[list[str]] = []
-    build = queues._queue_jobs
+    build = queues.queue_jobs
 
     def build_while_b_enqueues(
         pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
@@ -160,7 +160,7 @@ def test_a_producer_racing_mid_write_leaves_out_what_the_other_enqueued(
                                   only_new=True) == 3
         build(pipe, client, settings_, videos, model_id)
 
-    monkeypatch.setattr(queues, "_queue_jobs", build_while_b_enqueues)
+    monkeypatch.setattr(queues, "queue_jobs", build_while_b_enqueues)
     assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 1
     assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["b/1.mp4", "b/2.mp4", "b/9.mp4"], ["b/0.mp4"]]
     queued = sorted(job.args[0][0][0] for job in video_queue(redis_client, settings).jobs)
@@ -176,7 +176,7 @@ def test_other_videos_written_meanwhile_never_make_a_producer_build_again(
     had them built again; 100k keys took 13.3 s instead of 7. Only the videos it writes count now."""
     settings = Settings.from_env({}).replace(redis_url=redis_url)
     builds: list[list[str]] = []
-    build = queues._queue_jobs
+    build = queues.queue_jobs
 
     def build_while_another_batch_is_written(
         pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
@@ -188,7 +188,7 @@ def test_other_videos_written_meanwhile_never_make_a_producer_build_again(
             redis_client.hset(Keys().seen(), "b/1.mp4", "9:9")  # an older version of one of them: still new
         build(pipe, client, settings_, videos, model_id)
 
-    monkeypatch.setattr(queues, "_queue_jobs", build_while_another_batch_is_written)
+    monkeypatch.setattr(queues, "queue_jobs", build_while_another_batch_is_written)
     assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 3
     assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["other/0.mp4", "other/1.mp4"]]
     assert len(video_queue(redis_client, settings)) == 5
@@ -213,7 +213,7 @@ def test_an_enqueue_the_script_was_not_written_for_is_refused_whole(
 ) -> None:
     """The write replays the commands rq builds; one that writes more than its first key is refused."""
     settings = Settings.from_env({}).replace(redis_url=redis_url)
-    build = queues._queue_jobs
+    build = queues.queue_jobs
 
     def build_with_a_rename(
         pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
@@ -221,7 +221,7 @@ def test_an_enqueue_the_script_was_not_written_for_is_refused_whole(
         build(pipe, client, settings_, videos, model_id)
         pipe.rename("a", "b")
 
-    monkeypatch.setattr(queues, "_queue_jobs", build_with_a_rename)
+    monkeypatch.setattr(queues, "queue_jobs", build_with_a_rename)
     with pytest.raises(RuntimeError, match="RENAME"):
         enqueue_videos(redis_client, settings, {"b/0.mp4": "1:1"}, only_new=True)
     assert redis_client.dbsize() == 0

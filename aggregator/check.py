@@ -41,6 +41,8 @@ INVARIANTS = (
     "pending_entry_unreadable",
     "counted_and_failed",
     "counts_differ_from_predictions",
+    "ranking_differs_from_counts",
+    "live_counts_differ_from_current_model",
     "outbox_not_recorded",
     "dead_letter_video_not_failed",
     "jobs_for_a_model_no_consumer_runs",
@@ -97,7 +99,9 @@ def ledger_problems(client: redis.Redis, settings: Settings) -> list[dict[str, A
             top5 = record.get("top5") or [[None]]
             histogram[str(top5[0][0])] += 1
             failure = failures.get(text(video))
-            if failure is not None and failure.get("model_id") in (None, model):
+            # A model's own failure, or a job for any model's: the count answered that job already.
+            if failure is not None and (failure.get("model_id") in (None, model) or (
+                    failure.get("for_model") is None and failure.get("fingerprint") == record.get("fingerprint"))):
                 problems.append({"invariant": "counted_and_failed", "video": text(video), "model": model,
                                  "counted_fingerprint": record.get("fingerprint"),
                                  "failed_fingerprint": failure.get("fingerprint"), "error": failure.get("error")})
@@ -106,7 +110,33 @@ def ledger_problems(client: redis.Redis, settings: Settings) -> list[dict[str, A
             if counts.get(category, 0) != histogram.get(category, 0):
                 problems.append({"invariant": "counts_differ_from_predictions", "model": model, "category": category,
                                  "count": counts.get(category, 0), "predictions": histogram.get(category, 0)})
+        problems += _ranking_problems(counts, _ranking(client, keys.ranking(model)), model)
+    problems += live_table_problems(client, settings)
     return problems
+
+
+def _ranking(client: redis.Redis, key: str) -> dict[str, int]:
+    ranked: list[tuple[bytes, float]] = client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+    return {text(category): int(score) for category, score in ranked}
+
+
+def _ranking_problems(counts: dict[str, int], ranking: dict[str, int], model: str | None) -> list[dict[str, Any]]:
+    return [{"invariant": "ranking_differs_from_counts", "model": model, "category": category,
+             "count": counts.get(category, 0), "ranked": ranking.get(category, 0)}
+            for category in sorted(set(counts) | set(ranking)) if counts.get(category, 0) != ranking.get(category, 0)]
+
+
+def live_table_problems(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """The live table (``moments:counts``, ``moments:ranking``) against the current model's own."""
+    keys = settings.keys
+    current = ledger.current_model(client, keys)
+    expected = ledger.counts(client, keys, current) if current is not None else {}
+    live = {text(category): int(value) for category, value in client.hgetall(keys.live_counts()).items()}
+    problems: list[dict[str, Any]] = [
+        {"invariant": "live_counts_differ_from_current_model", "model": current, "category": category,
+         "live": live.get(category, 0), "count": expected.get(category, 0)}
+        for category in sorted(set(live) | set(expected)) if live.get(category, 0) != expected.get(category, 0)]
+    return problems + _ranking_problems(live, _ranking(client, keys.live_ranking()), None)
 
 
 def outbox_problems(client: redis.Redis, settings: Settings, now: float) -> list[dict[str, Any]]:

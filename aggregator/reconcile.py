@@ -302,7 +302,8 @@ def _fail(client: redis.Redis, settings: Settings, videos: dict[str, PendingEntr
           drain_report: DrainReport | None) -> None:
     keys = settings.keys
     reason = failure_reason(settings)
-    failures = [outcome.failed(video, entry.fingerprint, reason, worker=RECONCILER, model_id=entry.model)
+    failures = [outcome.failed(video, entry.fingerprint, reason, worker=RECONCILER, model_id=entry.model,
+                                for_model=entry.model)
                 for video, entry in videos.items()]
     recorded = drain_report if drain_report is not None else DrainReport()
     before = recorded.failed

@@ -35,11 +35,23 @@ class Keys:
         return self._key("pending")
 
     def models(self) -> str:
-        """Sorted set: model id -> Redis time of the latest prediction counted with it.
-
-        The highest score is the current model, the one ``aggregator counts`` shows by default.
-        """
+        """Sorted set: model id -> Redis time of the latest prediction counted with it."""
         return self._key("models")
+
+    def current_model(self) -> str:
+        """String: the current model's id, the one :meth:`live_counts` holds and ``aggregator counts``
+        shows by default. It becomes a model that counts for the first time, or a model counting a
+        video its ``--reclassify`` was for; a late prediction of an older model never switches it back."""
+        return self._key("current-model")
+
+    def live_counts(self) -> str:
+        """Hash: category -> videos, the current model's :meth:`counts`, kept by the same atomic step,
+        rebuilt from that model's own when the current model changes: ``redis-cli HGETALL moments:counts``."""
+        return self._key("counts")
+
+    def live_ranking(self) -> str:
+        """Sorted set: the current model's :meth:`ranking`: ``redis-cli ZREVRANGE moments:ranking 0 9 WITHSCORES``."""
+        return self._key("ranking")
 
     def predictions(self, model_id: str) -> str:
         """Hash: video id -> JSON record (top-5, fingerprint, worker, timings) of one model.
@@ -51,6 +63,10 @@ class Keys:
     def counts(self, model_id: str) -> str:
         """Hash: category -> number of videos whose top-1 it is, under one model."""
         return self._key("counts", model_id)
+
+    def ranking(self, model_id: str) -> str:
+        """Sorted set: category -> videos (the same numbers as :meth:`counts`), most frequent ranked first."""
+        return self._key("ranking", model_id)
 
     def recent(self) -> str:
         """Sorted set: video id -> Redis time its outcome (counted or failed) was recorded.

@@ -32,23 +32,72 @@ class RecordResult(enum.Enum):
 
 
 # One script records a batch of outcomes (an aggregator's whole read), each exactly as alone:
-# batching saves round trips and the per-call cost, never a check. Per outcome: clear its own outbox
-# entry (keyed by video, version and model; an entry of a release before keyed by the video alone
-# when it is this very outcome's); drop a stale version; clear its pending entry, only when the job was
-# for any model or for this one (a --reclassify waits for the new model's outcome); then count a
-# prediction once (moving a replaced file's count from its old top-1) or mark a failure unless this
-# very version was counted: the failure of the version last enqueued retracts an older version's
-# prediction and count under every model, so a replaced file whose new version fails is failed
-# only, never counted and failed at once. Once per batch: the finishes (Redis clock) for throughput, trimmed to the
-# window, and the models that counted.
-# KEYS: seen, outbox, pending, failed, models, recent, then a (predictions, counts) pair per model:
-# the batch's, and every model that has counted when the batch holds a failure.
-# ARGV: recent window, then 9 per outcome: kind ("p" prediction, "f" failure), video, fingerprint,
-# model id, index in KEYS of its model's predictions key, top-1 ("" for a failure), record JSON, its
-# outbox field, the model id it was published with ("" for none).
+# batching saves round trips and the per-call cost, never a check. Per outcome:
+# - clear its own outbox entry (keyed by video, version and model; an entry of a release before
+#   keyed by the video alone when it is this very outcome's), and drop a stale version;
+# - answer the pending job, clearing its entry: a prediction answers a job for any model or for its
+#   own; a failure only the job it names (``for_model``, none for any model), so a late failure of
+#   an earlier job leaves a --reclassify waiting for its own outcome;
+# - a prediction: count it once, moving a replaced file's count from its old top-1, and end a
+#   failure it settles (an older version's, a job for any model's, or this model's own), never a
+#   failure of a --reclassify for another model, which that model's job must still answer;
+# - a failure: unless this very version was counted by its model (or, for a job for any model, by
+#   any model: the job was answered), or it answers no pending job while the video is failed for
+#   another job already (a late failure never hides the answer of the job after it), mark it
+#   failed; the failure of the version last enqueued
+#   retracts an older version's prediction and count under every model, so a replaced file whose
+#   new version fails is failed only, never counted and failed at once.
+# Every count change updates the model's ranking (sorted set) beside its counts, and the live pair
+# (counts and ranking of the current model, for redis-cli) when the model is the current one. The
+# current model changes to a model that counts for the first time, or that counts a video its
+# --reclassify was for; the live pair is then rebuilt from that model's own, so it never mixes two.
+# Once per batch: the finishes (Redis clock) for throughput, trimmed to the window, and the models
+# that counted.
+# KEYS: seen, outbox, pending, failed, models, recent, current model, live counts, live ranking,
+# then a (predictions, counts, ranking) triple per model: the batch's, and every model that has
+# counted when the batch holds a failure.
+# ARGV: recent window, the number of triples, their model ids (in KEYS order), then 10 per outcome:
+# kind ("p" prediction, "f" failure), video, fingerprint, model id, index in KEYS of its model's
+# triple, top-1 ("" for a failure), record JSON, its outbox field, the model id it was published
+# with ("" for none), the model its job was for ("" for any).
 # A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
 _RECORD_BATCH = """
-local function settled(video, fingerprint, model, outbox_field, published_model)
+local TRIPLES = 10
+local triple_models = {}
+local triples = tonumber(ARGV[2])
+for t = 1, triples do triple_models[TRIPLES + (t - 1) * 3] = ARGV[2 + t] end
+local live_model = redis.call('GET', KEYS[7])
+
+local function absent(value) return value == nil or value == false or value == cjson.null or value == '' end
+
+local function rank(counts, ranking, category, total)
+  if total <= 0 then
+    redis.call('HDEL', counts, category)
+    redis.call('ZREM', ranking, category)
+  else
+    redis.call('ZADD', ranking, total, category)
+  end
+end
+
+local function bump(triple, category, delta)
+  rank(KEYS[triple + 1], KEYS[triple + 2], category, redis.call('HINCRBY', KEYS[triple + 1], category, delta))
+  if triple_models[triple] == live_model then
+    rank(KEYS[8], KEYS[9], category, redis.call('HINCRBY', KEYS[8], category, delta))
+  end
+end
+
+local function make_current(triple)
+  live_model = triple_models[triple]
+  redis.call('SET', KEYS[7], live_model)
+  redis.call('DEL', KEYS[8], KEYS[9])
+  local counts = redis.call('HGETALL', KEYS[triple + 1])
+  if #counts > 0 then redis.call('HSET', KEYS[8], unpack(counts)) end
+  redis.call('ZUNIONSTORE', KEYS[9], 1, KEYS[triple + 2])
+end
+
+-- Returns false for a stale version; else true, whether it answered the pending job, and the model
+-- that job was for ('' for any).
+local function settled(kind, video, fingerprint, model, for_model, outbox_field, published_model)
   redis.call('HDEL', KEYS[2], outbox_field)
   local legacy = redis.call('HGET', KEYS[2], video)
   if legacy then
@@ -61,44 +110,80 @@ local function settled(video, fingerprint, model, outbox_field, published_model)
   local latest = redis.call('HGET', KEYS[1], video)
   if latest and latest ~= fingerprint then return false end
   local waiting = redis.call('HGET', KEYS[3], video)
-  if waiting then
-    local pending_fingerprint, pending_model = waiting, nil
-    if string.sub(waiting, 1, 1) == '{' then
-      local entry = cjson.decode(waiting)
-      pending_fingerprint, pending_model = entry['fingerprint'], entry['model']
-    end
-    if pending_fingerprint == fingerprint and (pending_model == nil or pending_model == cjson.null
-        or pending_model == model) then
-      redis.call('HDEL', KEYS[3], video)
-    end
+  if not waiting then return true, false, '' end
+  local pending_fingerprint, pending_model = waiting, ''
+  if string.sub(waiting, 1, 1) == '{' then
+    local entry = cjson.decode(waiting)
+    pending_fingerprint = entry['fingerprint']
+    if not absent(entry['model']) then pending_model = entry['model'] end
   end
-  return true
+  if pending_fingerprint ~= fingerprint then return true, false, '' end
+  local answers
+  if kind == 'p' then
+    answers = pending_model == '' or pending_model == model
+  else
+    answers = for_model == pending_model and (pending_model == '' or pending_model == model)
+  end
+  if answers then redis.call('HDEL', KEYS[3], video) end
+  return true, answers, pending_model
 end
 
-local function count_prediction(video, fingerprint, predictions, counts, top1, record)
-  local current = redis.call('HGET', predictions, video)
+local counting_models = {}
+
+local function count_prediction(video, fingerprint, model, triple, top1, record, answers_for)
+  if live_model ~= model and (not live_model or answers_for == model
+      or not (counting_models[model] or redis.call('ZSCORE', KEYS[5], model))) then
+    make_current(triple)
+  end
+  local current = redis.call('HGET', KEYS[triple], video)
   if current then
     local old = cjson.decode(current)
     if old['fingerprint'] == fingerprint then return 0 end
-    local old_top1 = old['top5'][1][1]
-    if redis.call('HINCRBY', counts, old_top1, -1) <= 0 then redis.call('HDEL', counts, old_top1) end
+    bump(triple, old['top5'][1][1], -1)
   end
-  redis.call('HSET', predictions, video, record)
-  redis.call('HINCRBY', counts, top1, 1)
-  redis.call('HDEL', KEYS[4], video)
+  redis.call('HSET', KEYS[triple], video, record)
+  bump(triple, top1, 1)
+  local failure = redis.call('HGET', KEYS[4], video)
+  if failure then
+    local readable, entry = pcall(cjson.decode, failure)
+    if not readable or type(entry) ~= 'table' or entry['fingerprint'] ~= fingerprint
+        or absent(entry['for_model']) or entry['for_model'] == model then
+      redis.call('HDEL', KEYS[4], video)
+    end
+  end
   return 1
 end
 
-local function mark_failed(video, fingerprint, predictions, record)
+local function counted_by(predictions, video, fingerprint)
   local current = redis.call('HGET', predictions, video)
-  if current and cjson.decode(current)['fingerprint'] == fingerprint then return 0 end
-  for k = 7, #KEYS, 2 do
+  return current and cjson.decode(current)['fingerprint'] == fingerprint
+end
+
+local function mark_failed(video, fingerprint, triple, for_model, record, answered)
+  if counted_by(KEYS[triple], video, fingerprint) then return 0 end
+  if not answered then
+    local existing = redis.call('HGET', KEYS[4], video)
+    if existing then
+      local readable, entry = pcall(cjson.decode, existing)
+      if readable and type(entry) == 'table' and entry['fingerprint'] == fingerprint
+          and (absent(entry['for_model']) and '' or entry['for_model']) ~= for_model then
+        return 0
+      end
+    end
+  end
+  local first = TRIPLES
+  local last = TRIPLES + (triples - 1) * 3
+  if for_model == '' then
+    for k = first, last, 3 do
+      if counted_by(KEYS[k], video, fingerprint) then return 0 end
+    end
+  end
+  for k = first, last, 3 do
     local counted = redis.call('HGET', KEYS[k], video)
     if counted then
       local old = cjson.decode(counted)
       if old['fingerprint'] ~= fingerprint then
-        local old_top1 = old['top5'][1][1]
-        if redis.call('HINCRBY', KEYS[k + 1], old_top1, -1) <= 0 then redis.call('HDEL', KEYS[k + 1], old_top1) end
+        bump(k, old['top5'][1][1], -1)
         redis.call('HDEL', KEYS[k], video)
       end
     end
@@ -109,17 +194,19 @@ end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local results, finished, counting_models = {}, {}, {}
-for i = 2, #ARGV, 9 do
+local results, finished = {}, {}
+for i = 3 + triples, #ARGV, 10 do
   local kind, video, fingerprint, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local index = tonumber(ARGV[i + 4])
+  local triple, for_model = tonumber(ARGV[i + 4]), ARGV[i + 9]
   local result = -1
-  if settled(video, fingerprint, model, ARGV[i + 7], ARGV[i + 8]) then
+  local fresh, answered, job_model = settled(kind, video, fingerprint, model, for_model, ARGV[i + 7], ARGV[i + 8])
+  if fresh then
     if kind == 'p' then
-      result = count_prediction(video, fingerprint, KEYS[index], KEYS[index + 1], ARGV[i + 5], ARGV[i + 6])
+      result = count_prediction(video, fingerprint, model, triple, ARGV[i + 5], ARGV[i + 6],
+                                answered and job_model or '')
       if result == 1 then counting_models[model] = true end
     else
-      result = mark_failed(video, fingerprint, KEYS[index], ARGV[i + 6])
+      result = mark_failed(video, fingerprint, triple, for_model, ARGV[i + 6], answered)
     end
     if result == 1 then
       finished[#finished + 1] = now
@@ -151,23 +238,23 @@ def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcom
         fallback_model = None
         if any(not outcome.counted and not outcome.model_id for outcome in batch):
             fallback_model = current_model(client, keys) or ""
-        script_keys = [keys.seen(), keys.outbox(), keys.pending(), keys.failed(), keys.models(), keys.recent()]
-        model_index: dict[str, int] = {}
-        args: list[Any] = [RECENT_WINDOW_S]
-        if any(not outcome.counted for outcome in batch):
-            # A failure retracts an older version's prediction under every model that counted it; a
-            # prediction counted before the failure's version was enqueued has its model here already.
-            for model_id in known_models(client, keys):
-                model_index[model_id] = len(script_keys) + 1
-                script_keys += [keys.predictions(model_id), keys.counts(model_id)]
-        for outcome in batch:
-            model_id = outcome.model_id or (fallback_model if not outcome.counted else "") or ""
-            if model_id not in model_index:
-                model_index[model_id] = len(script_keys) + 1  # Lua indexes from 1
-                script_keys += [keys.predictions(model_id), keys.counts(model_id)]
-            args += ["p" if outcome.counted else "f", outcome.video, outcome.fingerprint, model_id,
-                     model_index[model_id], outcome.top1 if outcome.counted else "", outcome.encode(),
-                     outcome.outbox_field, outcome.model_id or ""]
+        script_keys = [keys.seen(), keys.outbox(), keys.pending(), keys.failed(), keys.models(), keys.recent(),
+                       keys.current_model(), keys.live_counts(), keys.live_ranking()]
+        triple_of: dict[str, int] = {}  # model id -> index in KEYS of its triple (Lua indexes from 1)
+        models = known_models(client, keys) if any(not outcome.counted for outcome in batch) else []
+        # A failure retracts an older version's prediction under every model that counted it; a
+        # prediction counted before the failure's version was enqueued has its model here already.
+        batch_models = [outcome.model_id or (fallback_model if not outcome.counted else "") or "" for outcome in batch]
+        for model_id in (*models, *batch_models):
+            if model_id not in triple_of:
+                triple_of[model_id] = len(script_keys) + 1
+                script_keys += [keys.predictions(model_id), keys.counts(model_id), keys.ranking(model_id)]
+        per_outcome: list[Any] = []
+        for outcome, model_id in zip(batch, batch_models, strict=True):
+            per_outcome += ["p" if outcome.counted else "f", outcome.video, outcome.fingerprint, model_id,
+                            triple_of[model_id], outcome.top1 if outcome.counted else "", outcome.encode(),
+                            outcome.outbox_field, outcome.model_id or "", outcome.for_model or ""]
+        args: list[Any] = [RECENT_WINDOW_S, len(triple_of), *triple_of, *per_outcome]
         recorded += [RecordResult(int(code)) for code in script(keys=script_keys, args=args)]
     return recorded
 
@@ -231,6 +318,11 @@ def pending_fingerprint(entry: str) -> str:
     return json.loads(entry)["fingerprint"] if entry.startswith("{") else entry
 
 
+def pending_model(entry: str) -> str | None:
+    """The model a pending entry's job is for (``None``: any model)."""
+    return json.loads(entry).get("model") if entry.startswith("{") else None
+
+
 def _published_for(outboxed: dict[str, Any], fingerprint: str, model_id: str | None) -> bool:
     return outboxed.get("fingerprint") == fingerprint and model_id in (None, outboxed.get("model_id"))
 
@@ -269,7 +361,8 @@ def fail_unreadable_outbox_entry(client: redis.Redis, keys: Keys, field: str, re
         if fingerprint is None:
             fingerprint = pending_fingerprint(text(waiting))
         error = f"its outcome could not be read ({reason}); `consumer requeue` classifies it again"
-        failure = failed(video, fingerprint, error, model_id=model_id or None)
+        for_model = pending_model(text(waiting))
+        failure = failed(video, fingerprint, error, model_id=model_id or for_model, for_model=for_model)
         result = record(client, keys, failure)  # clears the entry itself when the field is the failure's
     client.hdel(keys.outbox(), field)
     return result
@@ -280,13 +373,23 @@ def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:
 
 
 def known_models(client: redis.Redis, keys: Keys) -> list[str]:
-    """Every model that has counted a video, the current (most recently used) one first."""
-    return [text(model_id) for model_id in client.zrevrange(keys.models(), 0, -1)]
+    """Every model that has counted a video: the current one first, then the most recently used."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(keys.current_model())
+        pipe.zrevrange(keys.models(), 0, -1)
+        current, used = pipe.execute()
+    models = [text(model_id) for model_id in used]
+    if current is not None and text(current) in models:
+        models.remove(text(current))
+        models.insert(0, text(current))
+    return models
 
 
 def current_model(client: redis.Redis, keys: Keys) -> str | None:
-    latest = client.zrevrange(keys.models(), 0, 0)
-    return text(latest[0]) if latest else None
+    """The model whose counts the live table (:meth:`Keys.live_counts`) holds: the newest to start
+    counting, or the one a ``--reclassify`` was for once it counts; ``None`` before any count."""
+    current = client.get(keys.current_model())
+    return text(current) if current is not None else None
 
 
 def resolve_model(client: redis.Redis, keys: Keys, requested: str | None) -> str | None:

@@ -136,8 +136,13 @@ def ledger_state(client: redis.Redis, keys: Keys) -> dict[str, object]:
     state: dict[str, object] = {}
     for key in client.scan_iter(f"{keys.namespace}:*"):
         name = key.decode().split(":", 1)[1]
-        if client.type(key) == b"hash":
+        kind = client.type(key)
+        if kind == b"hash":
             state[name] = client.hgetall(key)
+        elif kind == b"string":  # the current model
+            state[name] = client.get(key)
+        elif name.startswith("ranking"):
+            state[name] = client.zrange(key, 0, -1, withscores=True)
         else:  # sorted sets of Redis times: their members
             state[name] = sorted(client.zrange(key, 0, -1))
     return state

@@ -6,12 +6,15 @@ for is checked in test_results_queue.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,6 +28,7 @@ from consumer.leases import expire_jobs_of_dead_workers, release_retry_locks_of_
 from consumer.worker import ConsumerWorker
 from moments_stream.queues import JOB_SERIALIZER
 
+REPO = Path(__file__).resolve().parents[1]
 QUEUE = "pinned"
 STOP_KEY = "pinned:stop"
 FOREVER_S = 3600
@@ -60,15 +64,6 @@ def queue(redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyP
     return Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
 
 
-@pytest.fixture()
-def rq_signal_handlers_restored() -> Iterator[None]:
-    """rq installs SIGINT/SIGTERM handlers in this (main) thread; put pytest's back afterwards."""
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
-
-
 def consumer_worker(queue: Queue, deadline_s: float = FOREVER_S, hard_deadline_s: float = FOREVER_S,
                     lease_s: int = 30) -> ConsumerWorker:
     now = time.monotonic()
@@ -88,17 +83,31 @@ def test_rq_major_version() -> None:
     assert version("rq").split(".")[0] == "3"
 
 
-def test_a_shutdown_request_on_the_main_thread_finishes_the_job_in_hand_and_exits(
-    queue: Queue, rq_signal_handlers_restored: None
-) -> None:
+MAIN_THREAD_WORKER = """
+import json, sys
+import redis
+from rq import Queue
+from moments_stream.queues import JOB_SERIALIZER
+from tests.test_pinned_internals import QUEUE, ask_to_stop_by_signal, consumer_worker, finish
+queue = Queue(QUEUE, connection=redis.Redis.from_url(sys.argv[1]), serializer=JOB_SERIALIZER)
+first, second = queue.enqueue(ask_to_stop_by_signal), queue.enqueue(finish)
+worker = consumer_worker(queue)
+worker.work(logging_level="WARNING")
+print(json.dumps([first.get_status(), second.get_status(), worker.warm_shutdown_requested, worker.exit_reason,
+                  worker.jobs_run]))
+"""
+
+
+def test_a_shutdown_request_on_the_main_thread_finishes_the_job_in_hand_and_exits(queue: Queue, redis_url: str) -> None:
     """rq's own signal handlers (installed through ``_install_signal_handlers`` on the main thread)
-    reach ``handle_warm_shutdown_request``: the job in hand finishes, the next stays queued."""
-    first = queue.enqueue(ask_to_stop_by_signal)
-    second = queue.enqueue(finish)
-    worker = consumer_worker(queue)
-    worker.work(logging_level="WARNING")
-    assert first.get_status() == JobStatus.FINISHED and second.get_status() == JobStatus.QUEUED
-    assert (worker.warm_shutdown_requested, worker.exit_reason, worker.jobs_run) == (True, "stopped", 1)
+    reach ``handle_warm_shutdown_request``: the job in hand finishes, the next stays queued. In a
+    process of its own, as a consumer function is (its main thread, its signal handlers)."""
+    done = subprocess.run([sys.executable, "-c", MAIN_THREAD_WORKER, redis_url], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second, shutdown_requested, exit_reason, jobs_run = json.loads(done.stdout.splitlines()[-1])
+    assert (first, second) == (JobStatus.FINISHED, JobStatus.QUEUED)
+    assert (shutdown_requested, exit_reason, jobs_run) == (True, "stopped", 1)
 
 
 def test_off_the_main_thread_the_worker_runs_and_a_stop_request_finishes_the_job_and_exits(queue: Queue) -> None:

@@ -1,6 +1,6 @@
 """Draining the results queue into the ledger (predictions, counts, failures).
 
-A message popped from the lithops Queue is gone from it, so an aggregator that dies between
+A message popped from the results queue is gone from it, so an aggregator that dies between
 the pop and the ledger write would lose it. Consumers therefore also leave every outcome in the
 outbox until the ledger records it; whenever the queue is empty, the aggregator records outbox
 entries older than ``recover_after_s`` itself (the ledger is idempotent, so a late duplicate
@@ -193,7 +193,7 @@ def drain(
                     raise
                 except Exception as error:  # a round's bug must not stop the counting: said, and tried again
                     log.exception("reconcile_round_failed", error=f"{type(error).__name__}: {error}")
-            raws = results.receive_batch(client, keys, queue, poll_s, max_messages=ledger.MAX_BATCH)
+            raws = queue.receive(poll_s, max_messages=ledger.MAX_BATCH)
             if not raws:
                 now = time.monotonic()
                 if now - last_recovery >= min(recover_after_s, 5.0):

@@ -46,7 +46,7 @@ import redis  # noqa: E402
 from aggregator.drain import drain  # noqa: E402
 from consumer.jobs import WorkerContext, bind_context  # noqa: E402
 from consumer.worker import ConsumerWorker, work_until_done  # noqa: E402
-from moments_stream import outcome, results  # noqa: E402
+from moments_stream import outcome  # noqa: E402
 from moments_stream.embedded_redis import start_redis_server  # noqa: E402
 from moments_stream.logs import configure_logging  # noqa: E402
 from moments_stream.queues import enqueue_videos, video_queue  # noqa: E402
@@ -143,7 +143,7 @@ def publish_outcomes(redis_url: str, first: int, count: int) -> None:
         prediction = classifier.classify_file(video, name=video)
         message = outcome.counted(video, fingerprint, MODEL_ID, prediction.top5, worker="fleet-publisher",
                                   synthetic_weights=True)
-        results.publish(client, settings.keys, queue, message)
+        queue.publish([message])
 
 
 @dataclass(frozen=True)

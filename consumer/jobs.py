@@ -1,7 +1,7 @@
 """The rq job a consumer runs for each video, and its failure callback.
 
-A worker binds its :class:`WorkerContext` (the model it holds, storage, the results queue)
-once; each job then only downloads, classifies and publishes.
+A worker binds its :class:`WorkerContext` (the model it holds, storage, the results queue it
+publishes on) once; each job then only downloads, classifies and publishes.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
-from moments_stream import ledger, outcome, results
+from moments_stream import ledger, outcome
 from moments_stream.backoff import Backoff
 from moments_stream.errors import MomentsError, StorageUnavailableError, VideoDecodeError
 from moments_stream.logs import get_logger
 from moments_stream.queues import enqueue_jobs_again, job_videos
+from moments_stream.results import ResultsQueue
 from moments_stream.settings import Settings
 from moments_stream.videos import split_video_id
 
@@ -46,7 +47,7 @@ class WorkerContext:
     classifier: Classifier
     client: redis.Redis
     storage: Any
-    results: Any  # lithops.multiprocessing.Queue
+    results: ResultsQueue  # where this consumer's outcomes go (and the list's expiry)
     settings: Settings
     worker_id: str
     # Set when a job for another model arrived: this consumer's weights are out of date, so it
@@ -244,7 +245,7 @@ class OutcomeBuffer:
 
     def flush(self) -> None:
         if self.outcomes:
-            results.publish_many(self.context.client, self.context.settings.keys, self.outcomes)
+            self.context.results.publish(self.outcomes)
             self.outcomes = []
 
 
@@ -450,7 +451,7 @@ def publish_failure(connection: redis.Redis, settings: Settings, failure: outcom
     own worker, or a queue that refuses it) in the outbox alone, which an aggregator recovers."""
     if _context is not None:
         try:
-            results.publish(connection, settings.keys, _context.results, failure)
+            _context.results.publish([failure])
             return
         except Exception as error:
             log.warning("failure_publish_failed", video=failure.video, error=f"{type(error).__name__}: {error}",

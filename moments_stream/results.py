@@ -1,77 +1,109 @@
-"""The results queue: the ``lithops.multiprocessing.Queue`` outcomes travel on from consumers to
-aggregators, found by name and bound to each process's own Redis connection.
+"""The results queue: how outcomes travel from consumers to aggregators. This module owns its
+protocol; nothing else writes or reads the list.
 
-A pickled Lithops Queue carries its creator's Redis connection arguments (``PicklableRedis``
-pickles host, port, password and TLS paths), so a handle shared through Redis would make every
-process talk to the creator's address. Instead the queue's list name is derived from the
-namespace (:meth:`Keys.results_list`) and each process rebuilds the queue around the client it
-connected itself with ``MOMENTS_REDIS_URL``. Messages are JSON text in the Lithops message
-envelope (a pickled ``str``, which Lithops' ``Queue.get`` unpickles). The aggregator reads that
-envelope with :class:`EnvelopeReader`, an unpickler that refuses every global, so a message
-crafted to run code when unpickled builds nothing; it, and any message that is not one of our
-outcomes, goes to the dead-letter hash instead of stopping the aggregator.
+- **The list.** One Redis list per namespace, :meth:`Keys.results_list` (``redislist-a-<namespace>:results``:
+  the name Lithops gave it when a ``lithops.multiprocessing.Queue`` carried the messages; kept, so
+  a pipeline upgraded mid-run drains what is already there).
+- **A message** is one outcome's JSON text, UTF-8 (:mod:`moments_stream.outcome`): plain data, read
+  with ``json``; no pickle, so nothing read from Redis can make an aggregator build an object or
+  run code.
+- **Publishing** (:meth:`ResultsQueue.publish`, consumers): the outcomes' outbox entries (``HSET``,
+  durable until recorded), then their messages (``RPUSH``, in order), then the list's expiry
+  renewed (``EXPIRE``, ``MOMENTS_RESULTS_TTL``): three commands in one round trip, which Redis runs
+  in that order, so a message is never on the list without its outbox copy.
+- **Receiving** (:meth:`ResultsQueue.receive`, aggregators): ``BLPOP`` waits for the head, then up
+  to ``max_messages - 1`` more are taken with ``LRANGE`` + ``LTRIM`` in one ``MULTI``, so several
+  aggregators may drain one list and each message reaches one of them.
 
-The Lithops internals this relies on (pinned to lithops 3.8 in pyproject.toml, each checked by
-``tests/test_results_queue.py``): the state tuples of ``Queue`` and of the Redis connection
-``_RedisConnection`` (what unpickling them restores), ``connection.get_handle_pair``/``get_subhandle``
-(how a queue names its list), and the reader's ``recv_bytes_within`` (what ``Queue.get`` reads
-the raw message with, before unpickling it).
+A message that is not an outcome this release reads (anyone who can write to Redis can push onto
+the list; a release before this one pushed pickles) goes to the dead-letter hash with the reason and
+an excerpt, and draining goes on; its outbox copy, if it has one, is recorded from there.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import pickle
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import redis
-from lithops.multiprocessing import Queue
-from lithops.multiprocessing import config as mp_config
-from lithops.multiprocessing.connection import _RedisConnection, get_subhandle
-from lithops.multiprocessing.util import RemoteReference
 
 from .keys import Keys
 from .outcome import InvalidOutcome, UnsupportedSchema, VideoOutcome
-from .settings import Settings
+from .settings import DEFAULT_RESULTS_TTL_S, Settings
 
 # How much of an unreadable message the dead-letter entry keeps.
 DEAD_LETTER_EXCERPT = 2000
+# The first byte of a pickle of protocol 2 or later: what a release before this one pushed.
+PICKLE_MARK = b"\x80"
 
 
-def _pipe_end(client: redis.Redis, handle: str, readable: bool) -> _RedisConnection:
-    """One end of a Lithops Redis-list pipe on ``client``, as unpickling one would restore it."""
-    end = _RedisConnection.__new__(_RedisConnection)
-    end.__setstate__((client, handle, get_subhandle(handle), readable, not readable))
-    return end
+@dataclass(frozen=True)
+class ResultsQueue:
+    """The results queue of one namespace, on ``client`` (this process's own connection: every
+    process connects with its own ``MOMENTS_REDIS_URL``). ``expiry_s``: how long the list outlives
+    the last publish (an aggregator outage may be long)."""
+
+    client: redis.Redis
+    keys: Keys
+    expiry_s: int = DEFAULT_RESULTS_TTL_S
+
+    def publish(self, outcomes: Iterable[VideoOutcome]) -> None:
+        """Hand outcomes to the aggregators (:func:`publish_many`)."""
+        publish_many(self.client, self.keys, list(outcomes), self.expiry_s)
+
+    def receive(self, timeout_s: float, max_messages: int = 1) -> list[bytes]:
+        """Up to ``max_messages`` raw messages, oldest first: the next one, waiting at most
+        ``timeout_s``, then those already queued behind it, taken in one atomic round trip. Empty
+        when none came."""
+        key = self.keys.results_list()
+        first: Any
+        if timeout_s <= 0:
+            first = self.client.lpop(key)  # BLPOP's own 0 would wait for ever
+        else:
+            head: Any = self.client.blpop([key], timeout=timeout_s)  # a fraction of a second: Redis 6.0 or later
+            first = None if head is None else head[1]
+        if first is None:
+            return []
+        if max_messages <= 1:
+            return [first]
+        # LRANGE + LTRIM in MULTI rather than LPOP's count argument, which needs Redis 6.2.
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, max_messages - 2)
+            pipe.ltrim(key, max_messages - 1, -1)
+            rest, _ = pipe.execute()
+        return [first, *rest]
 
 
-def bind_results_queue(client: redis.Redis, keys: Keys, expiry_s: int) -> Queue:
-    """The namespace's results queue, talking through ``client`` (this process's own connection).
-
-    ``expiry_s`` replaces Lithops' 1 h expiry of the queue's list after the last put (an
-    aggregator outage may last longer). The queue is not reference-counted (``managed``): it must
-    outlive every process that uses it.
-    """
-    mp_config.set_parameter(mp_config.REDIS_EXPIRY_TIME, expiry_s)
-    reader_handle = keys.results_list()
-    writer_handle = get_subhandle(reader_handle)  # the writer pushes to its subhandle: the reader's list
-    reader = _pipe_end(client, reader_handle, readable=True)
-    writer = _pipe_end(client, writer_handle, readable=False)
-    reference = RemoteReference([reader_handle, writer_handle], managed=True, client=client)
-    queue = Queue.__new__(Queue)
-    queue.__setstate__((0, reader, writer, os.getpid(), reference))
-    return queue
+def open_results_queue(client: redis.Redis, settings: Settings) -> ResultsQueue:
+    """The results queue of ``settings``' namespace on ``client``, with the configured expiry."""
+    return ResultsQueue(client, settings.keys, settings.results_ttl_s)
 
 
-def put(queue: Queue, outcome: VideoOutcome) -> None:
-    """Publish one outcome as JSON text (plain data: no code travels through the queue)."""
-    queue.put(outcome.encode())
+def publish_many(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome],
+                 expiry_s: int = DEFAULT_RESULTS_TTL_S) -> None:
+    """Hand outcomes to the aggregators: first to the outbox (durable until recorded), then onto the
+    list, one message each, in order, and the list's expiry renewed: one round trip of three commands."""
+    if not outcomes:
+        return
+    now = time.time()
+    texts = [outcome.published(now).encode() for outcome in outcomes]
+    outbox_fields = [
+        field for outcome, text in zip(outcomes, texts, strict=True) for field in (outcome.outbox_field, text)
+    ]
+    with client.pipeline(transaction=False) as pipe:  # Redis runs them in order: the outbox entries first
+        pipe.hset(keys.outbox(), items=outbox_fields)
+        pipe.rpush(keys.results_list(), *(text.encode() for text in texts))
+        pipe.expire(keys.results_list(), expiry_s)
+        pipe.execute()
+
+
+def publish(client: redis.Redis, keys: Keys, outcome: VideoOutcome, expiry_s: int = DEFAULT_RESULTS_TTL_S) -> None:
+    """Hand one outcome to the aggregators: :func:`publish_many` of one."""
+    publish_many(client, keys, [outcome], expiry_s)
 
 
 class MalformedMessage(Exception):
@@ -87,7 +119,7 @@ class MalformedMessage(Exception):
 
 
 def decode_outcome(text: str | bytes) -> VideoOutcome:
-    """The outcome in one JSON text (a queue payload or an outbox entry), or :class:`MalformedMessage`."""
+    """The outcome in one JSON text (a queue message or an outbox entry), or :class:`MalformedMessage`."""
     try:
         return VideoOutcome.decode(text)
     except InvalidOutcome as error:
@@ -95,55 +127,15 @@ def decode_outcome(text: str | bytes) -> VideoOutcome:
         raise MalformedMessage(error.reason, excerpt, isinstance(error, UnsupportedSchema)) from None
 
 
-class EnvelopeReader(pickle.Unpickler):
-    """Reads the Lithops envelope of a results message, a pickled ``str``, and nothing more.
-
-    Anyone who can write to Redis can push onto the results list, so a message is untrusted
-    input: a full unpickler would run whatever callable the pickle names (``os.system``, say).
-    A pickled ``str`` (or any other plain container of plain values) names no global, so this
-    reader refuses every global (and persistent id, which the base class already refuses):
-    nothing in a message can reach a callable, and nothing runs."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: the envelope holds JSON text only")
-
-
-def read_envelope(raw: bytes) -> object:
-    """The value pickled in ``raw``, built without loading any global (:class:`EnvelopeReader`)."""
-    return EnvelopeReader(io.BytesIO(raw)).load()
-
-
 def decode(raw: bytes) -> VideoOutcome:
     """The outcome in one raw queue message, or :class:`MalformedMessage` saying what is wrong."""
     try:
-        payload = read_envelope(raw)
-    except Exception as error:
-        raise MalformedMessage(f"not a Lithops queue message ({type(error).__name__}: {error})", repr(raw)) from None
-    if not isinstance(payload, str):
-        raise MalformedMessage(f"payload is a {type(payload).__name__}, not JSON text", repr(payload))
-    return decode_outcome(payload)
-
-
-def receive(queue: Queue, timeout_s: float) -> bytes | None:
-    """The next raw message, waiting at most ``timeout_s``; ``None`` when none came."""
-    return queue._reader.recv_bytes_within(timeout_s)
-
-
-def receive_batch(client: redis.Redis, keys: Keys, queue: Queue, timeout_s: float, max_messages: int) -> list[bytes]:
-    """Up to ``max_messages`` raw messages: the next one, waiting at most ``timeout_s``, then those
-    already queued behind it, taken in one atomic round trip (several aggregators may drain one
-    queue: each message goes to exactly one of them). Empty when none came."""
-    first = receive(queue, timeout_s)
-    if first is None:
-        return []
-    if max_messages <= 1:
-        return [first]
-    # LRANGE + LTRIM in MULTI rather than LPOP's count argument, which needs Redis 6.2.
-    with client.pipeline(transaction=True) as pipe:
-        pipe.lrange(keys.results_list(), 0, max_messages - 2)
-        pipe.ltrim(keys.results_list(), max_messages - 1, -1)
-        rest, _ = pipe.execute()
-    return [first, *rest]
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        what = ("a pickle (a release before this one pushed pickled messages; never unpickled: its outbox "
+                "copy is recorded instead)" if raw.startswith(PICKLE_MARK) else f"not UTF-8 text ({error})")
+        raise MalformedMessage(f"not a results message: {what}", repr(raw)) from None
+    return decode_outcome(text)
 
 
 @dataclass(frozen=True)
@@ -159,32 +151,3 @@ def dead_letter(client: redis.Redis, keys: Keys, error: MalformedMessage) -> str
     letter = DeadLetter(error.reason, error.excerpt, time.time())
     client.hset(keys.dead_letters(), entry_id, json.dumps(letter.__dict__))
     return entry_id
-
-
-def open_results_queue(client: redis.Redis, settings: Settings) -> Queue:
-    """The results queue of ``settings``' namespace on ``client``, with the configured expiry."""
-    return bind_results_queue(client, settings.keys, settings.results_ttl_s)
-
-
-def publish(client: redis.Redis, keys: Keys, queue: Queue, outcome: VideoOutcome) -> None:
-    """Hand one outcome to the aggregator: :func:`publish_many` of one."""
-    publish_many(client, keys, [outcome])
-
-
-def publish_many(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome]) -> None:
-    """Hand outcomes to the aggregator: first to the outbox (durable until recorded), then the
-    queue, all in one round trip of three commands. Each queue message is what ``queue.put`` would
-    push (the pickled JSON text, the list's expiry renewed), so a reader sees one message per
-    outcome, in order."""
-    if not outcomes:
-        return
-    now = time.time()
-    texts = [outcome.published(now).encode() for outcome in outcomes]
-    outbox_fields = [
-        field for outcome, text in zip(outcomes, texts, strict=True) for field in (outcome.outbox_field, text)
-    ]
-    with client.pipeline(transaction=False) as pipe:  # Redis runs them in order: the outbox entries first
-        pipe.hset(keys.outbox(), items=outbox_fields)
-        pipe.rpush(keys.results_list(), *(cloudpickle.dumps(text) for text in texts))
-        pipe.expire(keys.results_list(), mp_config.get_parameter(mp_config.REDIS_EXPIRY_TIME))
-        pipe.execute()

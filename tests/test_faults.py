@@ -217,7 +217,7 @@ from moments_stream.redis_conn import connect
 from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
 settings = Settings.from_env()
-print(open_results_queue(connect(settings.redis_url), settings).get(timeout=120))
+print(open_results_queue(connect(settings.redis_url), settings).receive(120)[0].decode())
 """
 
 

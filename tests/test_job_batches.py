@@ -29,7 +29,7 @@ from moments_stream.errors import ConfigError
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome
 from moments_stream.queues import enqueue_videos, job_videos, video_queue
-from moments_stream.results import open_results_queue, receive_batch
+from moments_stream.results import open_results_queue
 from moments_stream.settings import MAX_PUBLISH_LINGER_MS, Settings
 from tests.barrier import BARRIER_ENV, install, remove, with_barrier
 from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier, top5_of
@@ -72,7 +72,7 @@ def run_consumer(client: redis.Redis, settings: Settings, classifier: InstantCla
 def record_all(client: redis.Redis, settings: Settings) -> None:
     """What an aggregator does with everything published so far (and no more: it does not wait)."""
     queue = open_results_queue(client, settings)
-    while raws := receive_batch(client, settings.keys, queue, 0.1, ledger.MAX_BATCH):
+    while raws := queue.receive(0.1, ledger.MAX_BATCH):
         apply_raws(client, settings.keys, raws, DrainReport())
 
 
@@ -175,9 +175,9 @@ def test_a_batch_publishes_its_outcomes_together_unless_told_to_publish_each(
     published: list[int] = []
     publish_many = results.publish_many
 
-    def recorded(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome]) -> None:
+    def recorded(client: redis.Redis, keys: Keys, outcomes: list[VideoOutcome], expiry_s: int) -> None:
         published.append(len(outcomes))
-        publish_many(client, keys, outcomes)
+        publish_many(client, keys, outcomes, expiry_s)
 
     monkeypatch.setattr(results, "publish_many", recorded)
     batch = videos(10)

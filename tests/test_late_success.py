@@ -18,7 +18,7 @@ from consumer.jobs import WorkerContext, bind_context
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, outcome, results
 from moments_stream.queues import enqueue_videos, video_queue
-from moments_stream.results import open_results_queue, receive_batch
+from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
 from tests.instant import MODEL_ID, InMemoryStorage, InstantClassifier, top5_of
 
@@ -39,7 +39,7 @@ def unbound() -> Iterator[None]:
 def record_all(client: redis.Redis, settings: Settings) -> DrainReport:
     report = DrainReport()
     queue = open_results_queue(client, settings)
-    while raws := receive_batch(client, settings.keys, queue, 0.1, ledger.MAX_BATCH):
+    while raws := queue.receive(0.1, ledger.MAX_BATCH):
         apply_raws(client, settings.keys, raws, report)
     return report
 

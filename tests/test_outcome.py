@@ -85,16 +85,16 @@ def test_a_newer_schema_is_refused_as_such() -> None:
 def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redis.Redis) -> None:
     """An aggregator of this release records a schema-0 consumer's message; a newer release's message
     is neither recorded nor dead-lettered: it stays in the outbox for an upgraded aggregator."""
-    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
+    queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
     # (The newer release's video is left out of pending only so that this drain can end when idle.)
     for video, fingerprint in (("bucket/a.mp4", "10:1"), ("bucket/c.mp4", "7:1")):
         redis_client.hset(KEYS.pending(), video, fingerprint)
     newer = {**SCHEMA_0_COUNTED, "video": "bucket/new.mp4", "fingerprint": "5:1", "schema": SCHEMA_VERSION + 1,
              "published_at": 0}
     redis_client.hset(KEYS.outbox(), "bucket/new.mp4", json.dumps(newer))
-    queue.put(json.dumps(SCHEMA_0_COUNTED))  # an old consumer, still running
-    queue.put(json.dumps(newer))  # a newer consumer, already upgraded
-    results.publish(redis_client, KEYS, queue, counted("bucket/c.mp4", "7:1", MODEL, [("running", 0.8)]))
+    redis_client.rpush(KEYS.results_list(), json.dumps(SCHEMA_0_COUNTED))  # an old consumer, still running
+    redis_client.rpush(KEYS.results_list(), json.dumps(newer))  # a newer consumer, already upgraded
+    results.publish(redis_client, KEYS, counted("bucket/c.mp4", "7:1", MODEL, [("running", 0.8)]))
 
     report = drain(redis_client, KEYS, queue, idle_exit_s=0, poll_s=0.1, recover_after_s=0)
 
@@ -105,7 +105,7 @@ def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redi
 
 
 def test_an_unreadable_outbox_entry_becomes_a_dead_letter(redis_client: redis.Redis) -> None:
-    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=60)
+    queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
     redis_client.hset(KEYS.outbox(), "bucket/x.mp4", "{not json")
     report = drain(redis_client, KEYS, queue, idle_exit_s=0, poll_s=0.1, recover_after_s=0)
     assert report.dead_letters == 1 and not redis_client.hexists(KEYS.outbox(), "bucket/x.mp4")

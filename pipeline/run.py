@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -57,10 +56,10 @@ def prepare(settings: Settings, directory: Path, prefix: str) -> Prepared:
     return Prepared(client, settings, uploaded, enqueue_prefix(settings, prefix))
 
 
-def outcomes_unrecorded(client: redis.Redis, settings: Settings, results: Any) -> bool:
-    """Outcomes still on the queue, or only in the outbox of videos still pending."""
+def outcomes_unrecorded(client: redis.Redis, settings: Settings) -> bool:
+    """Outcomes still on the results queue, or only in the outbox of videos still pending."""
     keys = settings.keys
-    return bool(results.qsize() or (client.hlen(keys.outbox()) and ledger.pending_count(client, keys)))
+    return bool(client.llen(keys.results_list()) or (client.hlen(keys.outbox()) and ledger.pending_count(client, keys)))
 
 
 def classify_pending(
@@ -112,7 +111,7 @@ def classify_pending(
         consumers.join()
     # What the consumers published is on the queue, or in the outbox until the aggregator recovers it.
     deadline = time.monotonic() + settings.recover_after_s + RECORDING_GRACE_S
-    while time.monotonic() < deadline and outcomes_unrecorded(client, settings, results):
+    while time.monotonic() < deadline and outcomes_unrecorded(client, settings):
         time.sleep(0.2)
     stop_aggregator.set()
     aggregator.join()

@@ -28,7 +28,8 @@ from moments_stream.results import open_results_queue
 from moments_stream.settings import DEFAULT_GPU_DECODE_THREADS, WORKER_MODEL_FIELD, Settings, cache_dir_from
 
 from .classify import load_classifier
-from .jobs import TimeLimitCut, WorkerContext, bind_context, current_context_or_none
+from .context import WorkerContext, bind_context, current_context_or_none
+from .failure_callback import TimeLimitCut
 from .leases import Heartbeat, expire_jobs_of_dead_workers, release_retry_locks_of_dead_workers
 
 log = get_logger(__name__)

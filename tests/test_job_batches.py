@@ -22,7 +22,8 @@ import redis
 
 from aggregator.drain import DrainReport, apply_raws
 from consumer import hooks
-from consumer.jobs import OutcomeBuffer, WorkerContext, bind_context
+from consumer.context import WorkerContext, bind_context
+from consumer.outcome_buffer import OutcomeBuffer
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, outcome, results
 from moments_stream.errors import ConfigError

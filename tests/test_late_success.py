@@ -14,7 +14,7 @@ from rq import get_current_job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from aggregator.drain import DrainReport, apply_raws
-from consumer.jobs import WorkerContext, bind_context
+from consumer.context import WorkerContext, bind_context
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, outcome, results
 from moments_stream.queues import enqueue_videos, video_queue

@@ -23,7 +23,7 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.scheduler import RQScheduler
 
-from consumer.jobs import TimeLimitCut
+from consumer.failure_callback import TimeLimitCut
 from consumer.leases import expire_jobs_of_dead_workers, release_retry_locks_of_dead_workers
 from consumer.worker import ConsumerWorker
 from moments_stream.queues import JOB_SERIALIZER

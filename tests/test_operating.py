@@ -10,6 +10,7 @@ import collections
 import csv
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 from consumer.model import make_synthetic_checkpoint
 from tests.pipeline import (
+    BIN,
     client_for,
     counts_of,
     current_model,
@@ -96,6 +98,8 @@ def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path)
     failed_rows = [row["video"] for row in table if row["outcome"] == "failed"]
     assert failed_rows == [f"{env['MOMENTS_BUCKET']}/videos/corrupt.mp4"]
 
+    assert live_table_by_redis_cli(env) == (json_of(env, "aggregator", "counts", "--json")["counts"], model_a)
+
     # A second model re-classifies the same videos: its counts go to its own hash.
     weights_b = tmp_path / "b.pth.tar"
     torch.save(make_synthetic_checkpoint(339, seed=7), weights_b)
@@ -111,11 +115,26 @@ def test_status_export_and_counts_per_model(env: dict[str, str], tmp_path: Path)
     assert counts_of(client, model_b) == collections.Counter(expected_b.values())
     assert counts_of(client, model_a) == collections.Counter(expected_a.values())
     assert json_of(env, "aggregator", "counts", "--json")["counts"] == counts_of(client, model_b)
+    assert live_table_by_redis_cli(env) == (json_of(env, "aggregator", "counts", "--json")["counts"], model_b)
     by_prefix = json_of(env, "aggregator", "counts", "--json", "--model", model_a[:24])
     assert (by_prefix["model"], by_prefix["counts"]) == (model_a, counts_of(client, model_a))
     assert json_of(env, "aggregator", "status", "--json")["counted_by_model"] == {model_a: 4, model_b: 4}
     unknown = run(env, "aggregator", "counts", "--model", "v2-nope")
     assert unknown.returncode == 2 and model_a in unknown.stderr and model_b in unknown.stderr
+
+
+def live_table_by_redis_cli(env: dict[str, str]) -> tuple[dict[str, int], str]:
+    """The live table as README's redis-cli lines read it (the real binary): ``HGETALL moments:counts``,
+    checked equal to ``ZREVRANGE moments:ranking 0 -1 WITHSCORES`` in its order, and the current model."""
+    cli = [str(BIN / "redis-cli"), "-u", env["MOMENTS_REDIS_URL"]]
+    fields = subprocess.run([*cli, "HGETALL", "moments:counts"], capture_output=True, text=True, check=True)
+    table = dict(zip(fields.stdout.split()[::2], map(int, fields.stdout.split()[1::2]), strict=True))
+    ranked = subprocess.run([*cli, "ZREVRANGE", "moments:ranking", "0", "-1", "WITHSCORES"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    ranking = list(zip(ranked[::2], map(int, ranked[1::2]), strict=True))
+    assert ranking == sorted(table.items(), key=lambda item: (item[1], item[0]), reverse=True)  # ZREVRANGE's order
+    model = subprocess.run([*cli, "GET", "moments:current-model"], capture_output=True, text=True, check=True)
+    return table, model.stdout.strip()
 
 
 def test_status_shows_live_workers_and_their_heartbeat(env: dict[str, str]) -> None:

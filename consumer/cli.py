@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -95,7 +94,7 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_args(args)
     if args.cache_dir:
-        settings = dataclasses.replace(settings, cache_dir=Path(args.cache_dir))
+        settings = settings.replace(cache_dir=Path(args.cache_dir))
     weights, categories = resolve_model_files(settings, progress=stream_is_tty(sys.stderr))
     digests = {path: assets.sha256_of(path) for path in (weights, categories)}
     cached = [f"{digest}  {path.relative_to(settings.cache_dir)}" for path, digest in digests.items()
@@ -145,7 +144,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from moments_stream.queues import failures
+    from moments_stream.failures import failures
     from moments_stream.redis_conn import connect
 
     settings = settings_from_args(args)
@@ -158,7 +157,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from moments_stream.queues import as_video_id, requeue_failed
+    from moments_stream.failures import as_video_id, requeue_failed
     from moments_stream.redis_conn import connect
 
     if not args.all and not args.videos:

@@ -126,14 +126,8 @@ class Keys:
         return self._key("timings", stage)
 
     def results_list(self) -> str:
-        """List: the lithops Queue consumers publish outcomes on and aggregators drain.
-
-        Lithops names a queue's list ``redislist-a-<id>``; the id is this namespace's, so every
-        process finds the queue by name and binds it to its own Redis connection.
-        """
-        # Imported here: every stage reads Settings (which builds Keys), and `consumer classify`
-        # never touches the queue, so it need not pay for importing lithops (~0.2 s).
-        from lithops.multiprocessing.connection import REDIS_LIST_CONN, get_handle_pair
-
-        reader_handle, _ = get_handle_pair(REDIS_LIST_CONN, from_id=self._key("results"))
-        return reader_handle
+        """List: the results queue consumers publish outcomes on and aggregators drain, one JSON
+        outcome a message (:mod:`moments_stream.results` owns its protocol). Named as Lithops named
+        the list of the ``lithops.multiprocessing.Queue`` that carried them in releases before, so a
+        pipeline upgraded mid-run drains what is already on it."""
+        return "redislist-a-" + self._key("results")

@@ -21,19 +21,12 @@ from consumer.jobs import WorkerContext, bind_context, on_job_failure
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, queues, results
 from moments_stream.errors import ConfigError
+from moments_stream.failures import failures, requeue_failed
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome, counted, failed, outbox_field
-from moments_stream.queues import (
-    JOB_SERIALIZER,
-    enqueue_videos,
-    failures,
-    job_videos,
-    live_consumer_models,
-    requeue_failed,
-    video_queue,
-)
+from moments_stream.queues import JOB_SERIALIZER, enqueue_videos, job_videos, live_consumer_models, video_queue
 from moments_stream.redis_conn import text
-from moments_stream.results import open_results_queue, receive_batch
+from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
 from moments_stream.videos import pending_entry
 from producer.service import enqueue_prefix, reclassify_target
@@ -62,15 +55,14 @@ def aggregator_dies_holding_every_message(client: redis.Redis) -> None:
 
 
 def test_outbox_entries_of_two_versions_and_two_models_never_overwrite_each_other(redis_client: redis.Redis) -> None:
-    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=3600)
     # b/x.mp4 was replaced (version 2): its live outcome, then a late one of version 1
     enqueued(redis_client, "b/x.mp4", "2:2")
-    results.publish(redis_client, KEYS, queue, prediction("b/x.mp4", "juggling", "2:2"))
-    results.publish(redis_client, KEYS, queue, prediction("b/x.mp4", "running", "1:1"))
+    results.publish(redis_client, KEYS, prediction("b/x.mp4", "juggling", "2:2"))
+    results.publish(redis_client, KEYS, prediction("b/x.mp4", "running", "1:1"))
     # b/y.mp4 is reclassified for model B: B's outcome, then one of a consumer still running model A
     enqueued(redis_client, "b/y.mp4", "1:1", MODEL_B)
-    results.publish(redis_client, KEYS, queue, prediction("b/y.mp4", "dancing", "1:1", MODEL_B))
-    results.publish(redis_client, KEYS, queue, prediction("b/y.mp4", "cooking", "1:1", MODEL_A))
+    results.publish(redis_client, KEYS, prediction("b/y.mp4", "dancing", "1:1", MODEL_B))
+    results.publish(redis_client, KEYS, prediction("b/y.mp4", "cooking", "1:1", MODEL_A))
     assert redis_client.hlen(KEYS.outbox()) == 4
 
     # a retried batch sees what is published: any model's for a job of any model, the named one's else
@@ -90,12 +82,11 @@ def test_outbox_entries_of_two_versions_and_two_models_never_overwrite_each_othe
 
 
 def test_published_outcomes_are_found_whatever_the_video_is_named(redis_client: redis.Redis) -> None:
-    queue = results.bind_results_queue(redis_client, KEYS, expiry_s=3600)
     names = ["b/we[ir]d *?.mp4", "b/back\\slash ^.mp4", "b/\u00e9t\u00e9 \u52d5\u753b.mp4", "b/plain.mp4"]
     for video in names:
         enqueued(redis_client, video, "1:1")
     for video in names[:-1]:
-        results.publish(redis_client, KEYS, queue, prediction(video, "juggling", "1:1", MODEL_B))
+        results.publish(redis_client, KEYS, prediction(video, "juggling", "1:1", MODEL_B))
     redis_client.hset(KEYS.outbox(), outbox_field("b/plain.mp4x", "1:1", MODEL_B), "{}")  # a longer name
     assert ledger.unfinished(redis_client, KEYS, dict.fromkeys(names, "1:1"), None) == {"b/plain.mp4": "1:1"}
 
@@ -211,7 +202,7 @@ def test_a_requeue_crashing_half_way_leaves_the_video_failed_and_requeueable(
     def crash(*args: object, **kwargs: object) -> None:
         raise ConnectionError("the requeue's process dies here")
 
-    monkeypatch.setattr(queues, "_queue_jobs", crash)  # the step that enqueues the new job
+    monkeypatch.setattr(queues, "queue_jobs", crash)  # the step that enqueues the new job
     with pytest.raises(ConnectionError):
         requeue_failed(redis_client, settings, ["v.mp4"])
     monkeypatch.undo()
@@ -282,7 +273,7 @@ def run_consumer(client: redis.Redis, settings: Settings, classifier: InstantCla
 def record_everything(client: redis.Redis, settings: Settings) -> None:
     """An aggregator's work: the queue, then the outbox."""
     queue = open_results_queue(client, settings)
-    while raws := receive_batch(client, settings.keys, queue, 0.1, ledger.MAX_BATCH):
+    while raws := queue.receive(0.1, ledger.MAX_BATCH):
         apply_raws(client, settings.keys, raws, DrainReport())
     recover_unrecorded(client, settings.keys, 0, DrainReport())
 
@@ -296,7 +287,7 @@ def test_a_failure_the_results_queue_refuses_is_still_recorded(
     def refuse(*args: object) -> None:
         raise ConnectionError("the results queue is gone")
 
-    monkeypatch.setattr(results, "publish", refuse)
+    monkeypatch.setattr(results.ResultsQueue, "publish", refuse)
     run_consumer(redis_client, settings, InstantClassifier(), InMemoryStorage(failing={"v/bad.mp4": 1}))
     record_everything(redis_client, settings)
     assert [(record["video"], record["error"]) for record in failures(redis_client, settings)] == [
@@ -322,7 +313,7 @@ def test_a_failure_callback_that_raises_leaves_the_job_retried_not_the_video_los
             raise ConnectionError("Redis refused the outbox write")
         return stage(*args)
 
-    monkeypatch.setattr(results, "publish", refuse)
+    monkeypatch.setattr(results.ResultsQueue, "publish", refuse)
     monkeypatch.setattr(ledger, "stage_in_outbox", stage_unless_broken)
     classifier = InstantClassifier()
     # the video fails on both runs: the job's only attempt, then its retry for the callback's sake

@@ -193,7 +193,7 @@ def test_batches_larger_than_one_script_call_are_split(redis_client: redis.Redis
 
 
 def results_queue(client: redis.Redis):
-    return results.bind_results_queue(client, KEYS, expiry_s=3600)
+    return results.ResultsQueue(client, KEYS, expiry_s=3600)
 
 
 def lose_queued_messages(client: redis.Redis) -> None:
@@ -205,8 +205,8 @@ def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: r
     redis_client.hset(KEYS.pending(), "a.mp4", "10:1")
     redis_client.hset(KEYS.pending(), "bad.mp4", "3:1")
     queue = results_queue(redis_client)
-    results.publish(redis_client, KEYS, queue, prediction("a.mp4", "juggling"))
-    results.publish(redis_client, KEYS, queue, failure("bad.mp4", "3:1", "cannot decode"))
+    results.publish(redis_client, KEYS, prediction("a.mp4", "juggling"))
+    results.publish(redis_client, KEYS, failure("bad.mp4", "3:1", "cannot decode"))
     lose_queued_messages(redis_client)
     assert redis_client.hlen(KEYS.outbox()) == 2
 
@@ -220,7 +220,7 @@ def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: r
 
 def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: redis.Redis) -> None:
     queue = results_queue(redis_client)
-    results.publish(redis_client, KEYS, queue, prediction("a.mp4", "juggling"))
+    results.publish(redis_client, KEYS, prediction("a.mp4", "juggling"))
     report = drain(redis_client, KEYS, queue, idle_exit_s=0.5, poll_s=0.1, recover_after_s=3600)
     assert (report.counted, report.recovered) == (1, 0)
     assert redis_client.hlen(KEYS.outbox()) == 0
@@ -228,7 +228,7 @@ def test_recorded_outcome_leaves_the_outbox_and_is_not_recovered(redis_client: r
 
 
 def test_recent_outbox_entries_are_left_for_the_queue(redis_client: redis.Redis) -> None:
-    results.publish(redis_client, KEYS, results_queue(redis_client), prediction("a.mp4", "juggling"))
+    results.publish(redis_client, KEYS, prediction("a.mp4", "juggling"))
     assert list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=60)) == []
     entries = list(ledger.unrecorded_outcomes(redis_client, KEYS, older_than_s=0))
     assert [VideoOutcome.decode(raw).video for _, raw in entries] == ["a.mp4"]

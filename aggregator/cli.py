@@ -136,7 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_model_id_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="model_id", metavar="ID",
-                        help="model id or a unique prefix of it (default: the model that counted last)")
+                        help="model id or a unique prefix of it (default: the current model)")
 
 
 def add_view_options(parser: argparse.ArgumentParser, json_help: str) -> None:

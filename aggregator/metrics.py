@@ -55,7 +55,7 @@ def families(document: dict[str, Any]) -> Iterator[Metric]:
     """The metric families of one status snapshot (``status_document``)."""
     yield GaugeMetricFamily("moments_redis_up", "Whether the last scrape could read Redis", value=1)
     model = document["model"]
-    current = GaugeMetricFamily("moments_current_model_info", "The current model: the one that counted last",
+    current = GaugeMetricFamily("moments_current_model_info", "The current model (the live table holds its counts)",
                                 labels=["model"])
     if model is not None:
         current.add_metric([model], 1)

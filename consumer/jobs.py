@@ -40,7 +40,7 @@ from .outcome_buffer import OutcomeBuffer
 
 __all__ = [  # the job, rq's paths to it and its callback, and what earlier callers imported from here
     "CALLBACK_RETRIES", "FREE_TIME_LIMIT_CUTS", "OutcomeBuffer", "TimeLimitCut", "WorkerContext", "bind_context",
-    "classify_one", "classify_video", "classify_videos", "current_context", "current_context_or_none",
+    "classify_one", "classify_videos", "current_context", "current_context_or_none",
     "download", "download_once", "failure_message", "on_job_failure", "publish_failure", "safe_local_name",
     "tried_on_every_run", "unsafe_key_reason",
 ]
@@ -104,11 +104,6 @@ def classify_videos(videos: list[list[str]], wanted_model: str | None = None) ->
     finally:
         buffer.flush()
     return f"{len(todo)} of {len(videos)}"
-
-
-def classify_video(video: str, fingerprint: str, wanted_model: str | None = None) -> str:
-    """rq job of releases before batches (one video): still in queues during an upgrade."""
-    return classify_videos([[video, fingerprint]], wanted_model)
 
 
 def classify_one(

@@ -179,12 +179,9 @@ def _describe(pairs: list[list[str]], model_id: str | None) -> str:
 
 def job_videos(args: Sequence[Any]) -> tuple[dict[str, str], str | None]:
     """The videos (id -> fingerprint) and the model of a classify job's arguments: a list of
-    [video, fingerprint] pairs and the model, or, in jobs of releases before batches, one video's
-    (video, fingerprint, model)."""
-    if args and isinstance(args[0], list):
-        return {video: fingerprint for video, fingerprint in args[0]}, (args[1] if len(args) > 1 else None)
-    video, fingerprint, *model = args
-    return {video: fingerprint}, (model[0] if model else None)
+    [video, fingerprint] pairs and the model."""
+    pairs, *model = args
+    return {video: fingerprint for video, fingerprint in pairs}, (model[0] if model else None)
 
 
 def live_consumer_models(client: redis.Redis, settings: Settings) -> set[str]:

@@ -87,8 +87,6 @@ def test_videos_go_to_jobs_in_batches(redis_client: redis.Redis, settings: Setti
     assert [len(job_videos(job.args)[0]) for job in jobs] == [4, 4, 2]
     assert [job.timeout for job in jobs] == [size * settings.job_timeout_s for size in (4, 4, 2)]
     assert job_videos(jobs[0].args) == ({name: videos(10)[name] for name in list(videos(10))[:4]}, None)
-    # a job of a release before batches reads the same way
-    assert job_videos(["b/v/1.mp4", "1:1", "v1-x"]) == ({"b/v/1.mp4": "1:1"}, "v1-x")
 
 
 def test_a_batch_counts_each_video_once(redis_client: redis.Redis, settings: Settings) -> None:

@@ -154,7 +154,7 @@ def take_snapshot(client: redis.Redis, settings: Settings, known_jobs: KnownJobs
             log.error("pending_entry_unreadable", video=text(video), entry=text(raw)[:200],
                       meaning="neither reconciled nor checked: `aggregator check` lists it")
             snapshot.unreadable.append(text(video))
-    snapshot.outbox = {_outbox_video(name, raw) for name, raw in outbox_raw.items()}
+    snapshot.outbox = {video for name, raw in outbox_raw.items() if (video := _outbox_video(name, raw)) is not None}
     queued_jobs = [text(job_id) for job_id in [*queued_ids, *dequeuing_ids]]
     started_jobs = list(dict.fromkeys(_job_id(member) for member in started))
     scheduled_jobs = [text(job_id) for job_id in scheduled]
@@ -169,9 +169,9 @@ def take_snapshot(client: redis.Redis, settings: Settings, known_jobs: KnownJobs
     return snapshot
 
 
-def _outbox_video(name: bytes, raw: bytes) -> str:
+def _outbox_video(name: bytes, raw: bytes) -> str | None:
     """The video an outbox entry is for: its outcome's ``video``, else the one its field names
-    (``outcome.outbox_field``; the video itself for a release before)."""
+    (``outcome.outbox_field``); ``None`` for an entry that names none."""
     try:
         video = json.loads(raw).get("video")
     except (ValueError, AttributeError):
@@ -179,7 +179,7 @@ def _outbox_video(name: bytes, raw: bytes) -> str:
     if isinstance(video, str):
         return video
     identity = outbox_identity(text(name))
-    return identity[0] if identity is not None else text(name)
+    return identity[0] if identity is not None else None
 
 
 @dataclass

@@ -33,8 +33,7 @@ class RecordResult(enum.Enum):
 
 # One script records a batch of outcomes (an aggregator's whole read), each exactly as alone:
 # batching saves round trips and the per-call cost, never a check. Per outcome:
-# - clear its own outbox entry (keyed by video, version and model; an entry of a release before
-#   keyed by the video alone when it is this very outcome's), and drop a stale version;
+# - clear its own outbox entry (keyed by video, version and model), and drop a stale version;
 # - answer the pending job, clearing its entry: a prediction answers a job for any model or for its
 #   own; a failure only the job it names (``for_model``, none for any model), so a late failure of
 #   an earlier job leaves a --reclassify waiting for its own outcome;
@@ -56,10 +55,10 @@ class RecordResult(enum.Enum):
 # KEYS: seen, outbox, pending, failed, models, recent, current model, live counts, live ranking,
 # then a (predictions, counts, ranking) triple per model: the batch's, and every model that has
 # counted when the batch holds a failure.
-# ARGV: recent window, the number of triples, their model ids (in KEYS order), then 10 per outcome:
+# ARGV: recent window, the number of triples, their model ids (in KEYS order), then 9 per outcome:
 # kind ("p" prediction, "f" failure), video, fingerprint, model id, index in KEYS of its model's
-# triple, top-1 ("" for a failure), record JSON, its outbox field, the model id it was published
-# with ("" for none), the model its job was for ("" for any).
+# triple, top-1 ("" for a failure), record JSON, its outbox field, the model its job was for ("" for
+# any).
 # A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
 _RECORD_BATCH = """
 local TRIPLES = 10
@@ -97,16 +96,8 @@ end
 
 -- Returns false for a stale version; else true, whether it answered the pending job, and the model
 -- that job was for ('' for any).
-local function settled(kind, video, fingerprint, model, for_model, outbox_field, published_model)
+local function settled(kind, video, fingerprint, model, for_model, outbox_field)
   redis.call('HDEL', KEYS[2], outbox_field)
-  local legacy = redis.call('HGET', KEYS[2], video)
-  if legacy then
-    local readable, entry = pcall(cjson.decode, legacy)
-    if readable and type(entry) == 'table' and entry['fingerprint'] == fingerprint
-        and (entry['model_id'] or '') == published_model then
-      redis.call('HDEL', KEYS[2], video)
-    end
-  end
   local latest = redis.call('HGET', KEYS[1], video)
   if latest and latest ~= fingerprint then return false end
   local waiting = redis.call('HGET', KEYS[3], video)
@@ -195,11 +186,11 @@ end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local results, finished = {}, {}
-for i = 3 + triples, #ARGV, 10 do
+for i = 3 + triples, #ARGV, 9 do
   local kind, video, fingerprint, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local triple, for_model = tonumber(ARGV[i + 4]), ARGV[i + 9]
+  local triple, for_model = tonumber(ARGV[i + 4]), ARGV[i + 8]
   local result = -1
-  local fresh, answered, job_model = settled(kind, video, fingerprint, model, for_model, ARGV[i + 7], ARGV[i + 8])
+  local fresh, answered, job_model = settled(kind, video, fingerprint, model, for_model, ARGV[i + 7])
   if fresh then
     if kind == 'p' then
       result = count_prediction(video, fingerprint, model, triple, ARGV[i + 5], ARGV[i + 6],
@@ -253,7 +244,7 @@ def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcom
         for outcome, model_id in zip(batch, batch_models, strict=True):
             per_outcome += ["p" if outcome.counted else "f", outcome.video, outcome.fingerprint, model_id,
                             triple_of[model_id], outcome.top1 if outcome.counted else "", outcome.encode(),
-                            outcome.outbox_field, outcome.model_id or "", outcome.for_model or ""]
+                            outcome.outbox_field, outcome.for_model or ""]
         args: list[Any] = [RECENT_WINDOW_S, len(triple_of), *triple_of, *per_outcome]
         recorded += [RecordResult(int(code)) for code in script(keys=script_keys, args=args)]
     return recorded
@@ -280,17 +271,14 @@ def unfinished(client: redis.Redis, keys: Keys, videos: dict[str, str], model_id
     names = list(videos)
     with client.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.pending(), names)
-        pipe.hmget(keys.outbox(), names)  # entries of a release before, keyed by the video alone
         if model_id is not None:
             pipe.hmget(keys.outbox(), [outbox_field(video, videos[video], model_id) for video in names])
-        waiting, legacy, *exact = pipe.execute()
+        waiting, *exact = pipe.execute()
     left = {}
-    for index, (video, entry, outboxed) in enumerate(zip(names, waiting, legacy, strict=True)):
+    for index, (video, entry) in enumerate(zip(names, waiting, strict=True)):
         fingerprint = videos[video]
         if entry is None or pending_fingerprint(text(entry)) != fingerprint:
             continue  # recorded, or a newer version was enqueued with its own job
-        if outboxed is not None and _published_for(_json_object(outboxed), fingerprint, model_id):
-            continue
         if model_id is not None and exact[0][index] is not None:
             continue
         if model_id is None and _published_by_any_model(client, keys, video, fingerprint):
@@ -305,14 +293,6 @@ def _published_by_any_model(client: redis.Redis, keys: Keys, video: str, fingerp
     return any(True for _ in client.hscan_iter(keys.outbox(), match=pattern, count=1000))
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def pending_fingerprint(entry: str) -> str:
     """The version a pending entry waits for (JSON, or a bare fingerprint before namespaces)."""
     return json.loads(entry)["fingerprint"] if entry.startswith("{") else entry
@@ -323,15 +303,11 @@ def pending_model(entry: str) -> str | None:
     return json.loads(entry).get("model") if entry.startswith("{") else None
 
 
-def _published_for(outboxed: dict[str, Any], fingerprint: str, model_id: str | None) -> bool:
-    return outboxed.get("fingerprint") == fingerprint and model_id in (None, outboxed.get("model_id"))
-
-
 def unrecorded_outcomes(
     client: redis.Redis, keys: Keys, older_than_s: float, now: float | None = None
 ) -> Iterator[tuple[str, bytes]]:
     """Outbox entries (field, raw JSON) published more than ``older_than_s`` ago and still not
-    recorded. The field is :func:`outcome.outbox_field` (the video alone for a release before)."""
+    recorded. The field is :func:`outcome.outbox_field`."""
     cutoff = (time.time() if now is None else now) - older_than_s
     for name, raw in client.hscan_iter(keys.outbox(), count=500):
         try:
@@ -350,20 +326,19 @@ def drop_from_outbox(client: redis.Redis, keys: Keys, field: str) -> None:
 def fail_unreadable_outbox_entry(client: redis.Redis, keys: Keys, field: str, reason: str) -> RecordResult | None:
     """An outbox entry that cannot be read (it went to the dead letters): its video is recorded
     failed with ``reason`` when it is still pending for the version the entry is for (named by the
-    field, or, for an entry of the release before, keyed by the video alone, the version pending),
-    so it never stays pending with nothing to record it; the entry leaves the outbox either way.
+    field, :func:`outcome.outbox_field`), so it never stays pending with nothing to record it; the
+    entry leaves the outbox either way (a field that is no ``outbox_field`` names no video).
     Returns what the ledger made of the failure, ``None`` when there was nothing to record."""
     identity = outbox_identity(field)
-    video, fingerprint, model_id = identity if identity is not None else (field, None, None)
-    waiting = client.hget(keys.pending(), video)
     result = None
-    if waiting is not None and (fingerprint is None or pending_fingerprint(text(waiting)) == fingerprint):
-        if fingerprint is None:
-            fingerprint = pending_fingerprint(text(waiting))
-        error = f"its outcome could not be read ({reason}); `consumer requeue` classifies it again"
-        for_model = pending_model(text(waiting))
-        failure = failed(video, fingerprint, error, model_id=model_id or for_model, for_model=for_model)
-        result = record(client, keys, failure)  # clears the entry itself when the field is the failure's
+    if identity is not None:
+        video, fingerprint, model_id = identity
+        waiting = client.hget(keys.pending(), video)
+        if waiting is not None and pending_fingerprint(text(waiting)) == fingerprint:
+            error = f"its outcome could not be read ({reason}); `consumer requeue` classifies it again"
+            for_model = pending_model(text(waiting))
+            failure = failed(video, fingerprint, error, model_id=model_id or for_model, for_model=for_model)
+            result = record(client, keys, failure)  # clears the entry itself when the field is the failure's
     client.hdel(keys.outbox(), field)
     return result
 

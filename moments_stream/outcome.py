@@ -139,13 +139,13 @@ class VideoOutcome:
 def outbox_field(video: str, fingerprint: str, model_id: str | None) -> str:
     """The outbox field of an outcome: its video, version and model together (a JSON array), so the
     outcomes of two versions, or of two models, of one video wait side by side and never overwrite
-    each other. Releases before this keyed the outbox by the video alone; the ledger clears both."""
+    each other."""
     return json.dumps([video, fingerprint, model_id or ""])
 
 
 def outbox_identity(field: str) -> tuple[str, str, str] | None:
     """The (video, fingerprint, model id or "") an :func:`outbox_field` names; ``None`` for any other
-    field (an entry of a release before, keyed by the video alone)."""
+    field (none that this project writes)."""
     if not field.startswith("["):
         return None
     try:

@@ -88,7 +88,7 @@ def test_each_broken_invariant_is_listed(redis_client: redis.Redis, settings: Se
     redis_client.hincrby(keys.counts(MODEL), "cat-1", 1)
     # an outbox entry long past the recovery delay
     stale = outcome.counted("chk/v/stuck.mp4", "7:7", MODEL, top5("cat-0")).published(time.time() - 3600)
-    redis_client.hset(keys.outbox(), "chk/v/stuck.mp4", stale.encode())
+    redis_client.hset(keys.outbox(), stale.outbox_field, stale.encode())
     # a dead letter whose video is neither failed nor counted
     letter = {"reason": "missing field", "excerpt": json.dumps({"video": "chk/v/dead.mp4"}), "received_at": 1.0}
     redis_client.hset(keys.dead_letters(), "1.0-abc", json.dumps(letter))

@@ -91,20 +91,6 @@ def test_published_outcomes_are_found_whatever_the_video_is_named(redis_client: 
     assert ledger.unfinished(redis_client, KEYS, dict.fromkeys(names, "1:1"), None) == {"b/plain.mp4": "1:1"}
 
 
-def test_an_outbox_entry_of_the_release_before_is_still_recovered_and_cleared(redis_client: redis.Redis) -> None:
-    """Entries keyed by the video alone (consumers of the release before) are recovered, and the
-    ledger clears them when their outcome is recorded from the queue."""
-    enqueued(redis_client, "b/old.mp4", "1:1")
-    enqueued(redis_client, "b/queued.mp4", "1:1")
-    for outcome in (prediction("b/old.mp4", "juggling", "1:1"), prediction("b/queued.mp4", "running", "1:1")):
-        redis_client.hset(KEYS.outbox(), outcome.video, outcome.published(1.0).encode())
-    recorded = ledger.record(redis_client, KEYS, prediction("b/queued.mp4", "running", "1:1"))
-    assert recorded is ledger.RecordResult.RECORDED
-    assert redis_client.hkeys(KEYS.outbox()) == [b"b/old.mp4"]
-    recover_unrecorded(redis_client, KEYS, 0, DrainReport())
-    assert ledger.pending_count(redis_client, KEYS) == 0 and redis_client.hlen(KEYS.outbox()) == 0
-
-
 def test_a_failure_without_a_model_leaves_the_outbox_when_recorded(redis_client: redis.Redis) -> None:
     enqueued(redis_client, "b/bad.mp4", "1:1")
     ledger.stage_in_outbox(redis_client, KEYS, failed("b/bad.mp4", "1:1", "cannot decode"))
@@ -326,10 +312,9 @@ def test_a_failure_callback_that_raises_leaves_the_job_retried_not_the_video_los
 
 def test_an_unreadable_outbox_entry_records_its_pending_video_failed(redis_client: redis.Redis) -> None:
     enqueued(redis_client, "b/v.mp4", "2:2", MODEL_B)
-    enqueued(redis_client, "b/legacy.mp4", "1:1")
     enqueued(redis_client, "b/done.mp4", "1:1")
     redis_client.hset(KEYS.outbox(), outbox_field("b/v.mp4", "2:2", MODEL_B), "{not json")
-    redis_client.hset(KEYS.outbox(), "b/legacy.mp4", '{"schema": 1, "video": 3}')  # a release before's field
+    redis_client.hset(KEYS.outbox(), "b/stray.mp4", '{"schema": 1, "video": 3}')  # no outbox_field: names no video
     redis_client.hset(KEYS.outbox(), outbox_field("b/v.mp4", "1:1", MODEL_B), "{stale")  # not the version pending
     ledger.record(redis_client, KEYS, prediction("b/done.mp4", "juggling", "1:1"))
     redis_client.hset(KEYS.outbox(), outbox_field("b/done.mp4", "1:1", MODEL_A), "[]")  # recorded meanwhile
@@ -339,10 +324,9 @@ def test_an_unreadable_outbox_entry_records_its_pending_video_failed(redis_clien
     assert report.dead_letters == 4 and redis_client.hlen(KEYS.dead_letters()) == 4
     assert redis_client.hlen(KEYS.outbox()) == 0 and ledger.pending_count(redis_client, KEYS) == 0
     recorded = {record["video"]: record for record in map(json.loads, redis_client.hvals(KEYS.failed()))}
-    assert sorted(recorded) == ["b/legacy.mp4", "b/v.mp4"]
+    assert sorted(recorded) == ["b/v.mp4"]
     assert recorded["b/v.mp4"]["fingerprint"] == "2:2" and recorded["b/v.mp4"]["model_id"] == MODEL_B
     assert recorded["b/v.mp4"]["error"].startswith("its outcome could not be read (payload is not JSON")
-    assert recorded["b/legacy.mp4"]["fingerprint"] == "1:1"
     assert ledger.counts(redis_client, KEYS, MODEL_A) == {"juggling": 1}
 
 

@@ -169,7 +169,8 @@ def test_a_batch_records_exactly_as_its_outcomes_one_by_one(redis_client: redis.
                                                 "e.mp4": "5:1"})
         redis_client.hset(keys.pending(), mapping={"a.mp4": "1:1", "b.mp4": "2:1", "c.mp4": "3:2", "d.mp4": "4:1",
                                                    "e.mp4": "5:1"})
-        redis_client.hset(keys.outbox(), "d.mp4", failure("d.mp4", "4:1", "cannot decode").encode())
+        staged = failure("d.mp4", "4:1", "cannot decode")
+        redis_client.hset(keys.outbox(), staged.outbox_field, staged.encode())
         redis_client.hset(keys.seen(), "c.mp4", "3:1")
         assert ledger.record(redis_client, keys, prediction("c.mp4", "running", "3:1")) is RECORDED
         redis_client.hset(keys.seen(), "c.mp4", "3:2")

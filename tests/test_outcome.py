@@ -17,6 +17,7 @@ from moments_stream.outcome import (
     VideoOutcome,
     counted,
     failed,
+    outbox_field,
 )
 
 KEYS = Keys("outcome-test")
@@ -91,7 +92,8 @@ def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redi
         redis_client.hset(KEYS.pending(), video, fingerprint)
     newer = {**SCHEMA_0_COUNTED, "video": "bucket/new.mp4", "fingerprint": "5:1", "schema": SCHEMA_VERSION + 1,
              "published_at": 0}
-    redis_client.hset(KEYS.outbox(), "bucket/new.mp4", json.dumps(newer))
+    newer_field = outbox_field("bucket/new.mp4", "5:1", MODEL)
+    redis_client.hset(KEYS.outbox(), newer_field, json.dumps(newer))
     redis_client.rpush(KEYS.results_list(), json.dumps(SCHEMA_0_COUNTED))  # an old consumer, still running
     redis_client.rpush(KEYS.results_list(), json.dumps(newer))  # a newer consumer, already upgraded
     results.publish(redis_client, KEYS, counted("bucket/c.mp4", "7:1", MODEL, [("running", 0.8)]))
@@ -101,13 +103,14 @@ def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redi
     assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1, "running": 1}
     assert (report.counted, report.dead_letters) == (2, 0)
     assert report.newer_schema == 2  # from the queue, then from the outbox when the queue ran dry
-    assert json.loads(redis_client.hget(KEYS.outbox(), "bucket/new.mp4"))["schema"] == SCHEMA_VERSION + 1
+    assert json.loads(redis_client.hget(KEYS.outbox(), newer_field))["schema"] == SCHEMA_VERSION + 1
 
 
 def test_an_unreadable_outbox_entry_becomes_a_dead_letter(redis_client: redis.Redis) -> None:
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
-    redis_client.hset(KEYS.outbox(), "bucket/x.mp4", "{not json")
+    field = outbox_field("bucket/x.mp4", "1:1", MODEL)
+    redis_client.hset(KEYS.outbox(), field, "{not json")
     report = drain(redis_client, KEYS, queue, idle_exit_s=0, poll_s=0.1, recover_after_s=0)
-    assert report.dead_letters == 1 and not redis_client.hexists(KEYS.outbox(), "bucket/x.mp4")
+    assert report.dead_letters == 1 and not redis_client.hexists(KEYS.outbox(), field)
     (letter,) = map(json.loads, redis_client.hvals(KEYS.dead_letters()))
     assert letter["reason"].startswith("payload is not JSON") and letter["excerpt"]

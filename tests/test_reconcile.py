@@ -100,7 +100,7 @@ def hold_in(place: str, client: redis.Redis, settings: Settings) -> None:
     elif place == "outbox":
         client.delete(f"rq:job:{job_id}")
         published = outcome.counted(A, "1:1", "model-x", [("juggling", 0.9)]).published(1.0)
-        client.hset(settings.keys.outbox(), A, published.encode())
+        client.hset(settings.keys.outbox(), published.outbox_field, published.encode())
     elif place == "unreadable outbox":  # awaiting the aggregator, which dead-letters it (and records the video)
         client.delete(f"rq:job:{job_id}")
         client.hset(settings.keys.outbox(), outcome.outbox_field(A, "1:1", None), "{not json")

@@ -92,10 +92,9 @@ class Snapshot:
 
 
 def _job_id(member: bytes | str) -> str:
-    """The job id of a started-registry member (``JOB_ID:EXECUTION_ID``; a bare id before executions)."""
-    name = text(member)
-    job_id, separator, _ = name.rpartition(":")
-    return job_id if separator else name
+    """The job id of a started-registry member: rq 3 (``rq>=3`` in pyproject.toml) writes only
+    ``JOB_ID:EXECUTION_ID`` there (``StartedJobRegistry.add_execution``)."""
+    return text(member).rpartition(":")[0]
 
 
 # job id -> the videos and model of a job already read. A job's arguments never change (a retry

@@ -106,7 +106,7 @@ class ConsumerWorker(SimpleWorker):
         # Set when rq's shutdown command (``consumer stop``) or SIGINT/SIGTERM reached this worker.
         self.warm_shutdown_requested = False
         self.death_registered = False
-        # rq schedules retries with an interval (RETRY_INTERVALS_S) and moves them back to the queue
+        # rq schedules retries with an interval (MOMENTS_RETRY_INTERVALS) and moves them back to the queue
         # from its scheduler; that normally forks a process, which a Lithops function holding a
         # model should not do, so each worker runs the same scheduler steps in its poll loop.
         self.retry_scheduler = RQScheduler(self.queues, connection=self.connection, name=self.name,

@@ -53,6 +53,10 @@ DEFAULT_MAX_DECODED_FRAMES = 30 * 60 * 30
 DEFAULT_JOB_TIMEOUT_S = 600
 DEFAULT_JOB_RETRIES = 2
 MAX_JOB_RETRIES = 100
+# rq retries a failed attempt after these many seconds (MOMENTS_RETRY_INTERVALS, one a retry, the
+# last repeating; 0 queues the retry at once), then gives up (rq's failed registry).
+DEFAULT_RETRY_INTERVALS = "5,30"
+MAX_RETRY_INTERVAL_S = 24 * 3600
 # Videos per rq job. One keeps CPU consumers evenly loaded; a GPU fleet, where rq's per-job
 # bookkeeping would cost more than the classification, takes them in batches (bench/fleet.py).
 DEFAULT_JOB_BATCH = 1
@@ -142,8 +146,6 @@ FAILURE_CALLBACK = "consumer.jobs.on_job_failure"
 # The field of a consumer's rq worker hash that names the model it runs (`aggregator check` finds
 # jobs for a model no live consumer runs); it expires with the worker's lease.
 WORKER_MODEL_FIELD = "moments_model"
-# rq retries a failed attempt after these many seconds (then gives up: failed registry).
-RETRY_INTERVALS_S = (5, 30)
 # The queue of videos that consumers pull from (an rq queue, so `rq info` shows it): named after
 # the namespace, ``<namespace>-videos``, unless MOMENTS_QUEUE names another.
 QUEUE_NAME_SUFFIX = "-videos"

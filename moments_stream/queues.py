@@ -16,7 +16,7 @@ from rq import Callback, Queue, Retry, worker_registration
 from rq.serializers import JSONSerializer
 
 from .redis_conn import text
-from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, RETRY_INTERVALS_S, WORKER_MODEL_FIELD, Settings
+from .settings import CLASSIFY_JOB, FAILURE_CALLBACK, WORKER_MODEL_FIELD, Settings
 from .videos import pending_entry
 
 # Failed jobs stay in rq's failed registry (``rq info``) this long.
@@ -152,7 +152,7 @@ def enqueue_jobs_again(
 def _jobs(settings: Settings, videos: dict[str, str], model_id: str | None, batch: int | None = None) -> list:
     """One job per ``batch`` videos (``MOMENTS_JOB_BATCH`` unless given), each a list of
     [video, fingerprint] pairs and the model it is for."""
-    retry = Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS_S)) if settings.job_retries else None
+    retry = Retry(max=settings.job_retries, interval=settings.retry_intervals_s) if settings.job_retries else None
     pairs = [[video, fingerprint] for video, fingerprint in videos.items()]
     size = batch or settings.job_batch
     chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]

@@ -46,6 +46,7 @@ from .defaults import (
     DEFAULT_RECOVER_AFTER_S,
     DEFAULT_REDIS_URL,
     DEFAULT_RESULTS_TTL_S,
+    DEFAULT_RETRY_INTERVALS,
     DEFAULT_STOP_MARGIN_S,
     DEFAULT_STORAGE_OUTAGE_S,
     DEFAULT_TOP_K,
@@ -59,6 +60,7 @@ from .defaults import (
     MAX_NUM_FRAMES,
     MAX_PUBLISH_LINGER_MS,
     MAX_RECONCILE_ROUNDS,
+    MAX_RETRY_INTERVAL_S,
     MAX_THREADS,
     MIN_CONSUMER_LEASE_S,
     MODEL_RELEASES,
@@ -68,7 +70,6 @@ from .defaults import (
     QUEUE_PATTERN,
     RECENT_WINDOW_S,
     REDIS_URL_SCHEMES,
-    RETRY_INTERVALS_S,
     RUNTIME_CACHE_DIR,
     STAGE_SECONDS_BUCKETS,
     SYNTHETIC_MODEL_PREFIX,
@@ -87,14 +88,14 @@ __all__ = [
     "DEFAULT_JOB_BATCH", "DEFAULT_JOB_RETRIES", "DEFAULT_JOB_TIMEOUT_S", "DEFAULT_MAX_DECODED_FRAMES",
     "DEFAULT_MAX_FRAME_PIXELS", "DEFAULT_MAX_VIDEO_BYTES", "DEFAULT_MODEL", "DEFAULT_NAMESPACE", "DEFAULT_NUM_FRAMES",
     "DEFAULT_PRECISION", "DEFAULT_PUBLISH_LINGER_MS", "DEFAULT_RECONCILE_AFTER_S", "DEFAULT_RECONCILE_ROUNDS",
-    "DEFAULT_RECOVER_AFTER_S", "DEFAULT_REDIS_URL", "DEFAULT_RESULTS_TTL_S", "DEFAULT_STOP_MARGIN_S",
-    "DEFAULT_STORAGE_OUTAGE_S", "DEFAULT_TOP_K", "DEFAULT_VIDEO_EXTENSIONS", "DEFAULT_WORKERS", "DEVICE_PATTERN",
-    "ENGINES", "ENVIRONMENT", "FAILURE_CALLBACK", "MAX_JOB_BATCH", "MAX_JOB_RETRIES", "MAX_NUM_FRAMES",
-    "MAX_PUBLISH_LINGER_MS", "MAX_RECONCILE_ROUNDS", "MAX_THREADS", "MIN_CONSUMER_LEASE_S", "MODEL_RELEASES",
-    "NAMESPACE_PATTERN", "PRECISIONS", "QUEUE_NAME_SUFFIX", "QUEUE_PATTERN", "RECENT_WINDOW_S", "REDIS_URL_SCHEMES",
-    "RETRY_INTERVALS_S", "RUNTIME_CACHE_DIR", "STAGE_SECONDS_BUCKETS", "SYNTHETIC_MODEL_PREFIX",
-    "THROUGHPUT_WINDOW_S", "TIMED_STAGES", "WORKER_MODEL_FIELD", "EnvVar", "ModelRelease", "Settings",
-    "cache_dir_from", "packaged_categories",
+    "DEFAULT_RECOVER_AFTER_S", "DEFAULT_REDIS_URL", "DEFAULT_RESULTS_TTL_S", "DEFAULT_RETRY_INTERVALS",
+    "DEFAULT_STOP_MARGIN_S", "DEFAULT_STORAGE_OUTAGE_S", "DEFAULT_TOP_K", "DEFAULT_VIDEO_EXTENSIONS", "DEFAULT_WORKERS",
+    "DEVICE_PATTERN", "ENGINES", "ENVIRONMENT", "FAILURE_CALLBACK", "MAX_JOB_BATCH", "MAX_JOB_RETRIES",
+    "MAX_NUM_FRAMES", "MAX_PUBLISH_LINGER_MS", "MAX_RECONCILE_ROUNDS", "MAX_RETRY_INTERVAL_S", "MAX_THREADS",
+    "MIN_CONSUMER_LEASE_S", "MODEL_RELEASES", "NAMESPACE_PATTERN", "PRECISIONS", "QUEUE_NAME_SUFFIX", "QUEUE_PATTERN",
+    "RECENT_WINDOW_S", "REDIS_URL_SCHEMES", "RUNTIME_CACHE_DIR", "STAGE_SECONDS_BUCKETS", "SYNTHETIC_MODEL_PREFIX",
+    "THROUGHPUT_WINDOW_S", "TIMED_STAGES", "WORKER_MODEL_FIELD", "EnvVar", "ModelRelease", "Settings", "cache_dir_from",
+    "packaged_categories",
 ]
 
 
@@ -269,6 +270,21 @@ class Directory:
             return False
 
 
+@dataclass(frozen=True)
+class Seconds(Name):
+    """Comma-separated whole seconds (``5,30``), each at most ``high``; read without spaces."""
+
+    high: int = MAX_RETRY_INTERVAL_S
+
+    def parse(self, raw: str) -> str:
+        return re.sub(r"\s+", "", raw)
+
+    def allows(self, value: Any) -> bool:
+        return super().allows(value) and all(int(part) <= self.high for part in value.split(","))
+
+    noun = "a list of seconds"
+
+
 Kind = Integer | Flag | Choice | Name | RedisUrl | Source | Directory
 
 
@@ -344,6 +360,11 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            meaning="seconds one video may take"),
     EnvVar("MOMENTS_JOB_RETRIES", "job_retries", Integer(0, MAX_JOB_RETRIES), str(DEFAULT_JOB_RETRIES),
            meaning="rq retries of a failed attempt"),
+    EnvVar("MOMENTS_RETRY_INTERVALS", "retry_intervals",
+           Seconds(r"[0-9]{1,6}(,[0-9]{1,6}){0,99}",
+                   f"whole seconds from 0 to {MAX_RETRY_INTERVAL_S}, comma-separated, one a retry (the last "
+                   "repeats; 0 retries at once), e.g. 5,30"),
+           DEFAULT_RETRY_INTERVALS, meaning="seconds before each rq retry"),
     EnvVar("MOMENTS_JOB_BATCH", "job_batch", Integer(1, MAX_JOB_BATCH), str(DEFAULT_JOB_BATCH),
            meaning="videos per job", allowed=f"1 (CPU consumers) up to {MAX_JOB_BATCH}, e.g. 64 for GPU consumers"),
     EnvVar("MOMENTS_PUBLISH_LINGER_MS", "publish_linger_ms", Integer(0, MAX_PUBLISH_LINGER_MS),
@@ -434,6 +455,7 @@ class Settings:
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
     job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S
     job_retries: int = DEFAULT_JOB_RETRIES
+    retry_intervals: str = DEFAULT_RETRY_INTERVALS
     job_batch: int = DEFAULT_JOB_BATCH
     publish_linger_ms: int = DEFAULT_PUBLISH_LINGER_MS
     results_ttl_s: int = DEFAULT_RESULTS_TTL_S
@@ -481,6 +503,11 @@ class Settings:
     def for_functions(self) -> Settings:
         """These settings as the consumer functions get them: Redis at the address they reach."""
         return self.replace(redis_url=self.function_redis_url or self.redis_url, function_redis_url=None)
+
+    @property
+    def retry_intervals_s(self) -> list[int]:
+        """``MOMENTS_RETRY_INTERVALS`` as rq's ``Retry(interval=...)`` takes it."""
+        return [int(part) for part in self.retry_intervals.split(",")]
 
     @property
     def release(self) -> ModelRelease:

@@ -394,8 +394,8 @@ def test_a_time_limit_cut_with_no_retries_hands_the_video_back_not_failed(
 def test_a_video_its_batch_mates_kept_from_its_attempts_gets_a_job_of_its_own(
     redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_for(redis_url, MOMENTS_JOB_BATCH="2", MOMENTS_JOB_RETRIES="1")
-    monkeypatch.setattr(queues, "RETRY_INTERVALS_S", (0, 0))  # rq retries at once, not 5 s and 30 s later
+    # MOMENTS_RETRY_INTERVALS=0: rq retries at once, not 5 s and 30 s later
+    settings = settings_for(redis_url, MOMENTS_JOB_BATCH="2", MOMENTS_JOB_RETRIES="1", MOMENTS_RETRY_INTERVALS="0")
     enqueue_videos(redis_client, settings, {"b/v/a.mp4": "1:1", "b/v/b.mp4": "1:1"})
 
     def stop_once_b_is_classified(video: str) -> None:

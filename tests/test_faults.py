@@ -43,8 +43,9 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-# Short leases and recovery delays so that faults heal within a test's time.
-FAST_HEALING = {"MOMENTS_CONSUMER_LEASE": "4", "MOMENTS_RECOVER_AFTER": "3"}
+# Short leases and recovery delays so that faults heal within a test's time; a killed consumer's job
+# is retried 1 s later (still scheduled, and moved back by the consumers' rq scheduler steps), not 5 s.
+FAST_HEALING = {"MOMENTS_CONSUMER_LEASE": "4", "MOMENTS_RECOVER_AFTER": "3", "MOMENTS_RETRY_INTERVALS": "1"}
 # Every fault here hits jobs of two videos (a GPU fleet's batches, small enough that each test's
 # held videos still fall in different jobs); tests/test_multihost.py keeps one video a job.
 BATCHED = {"MOMENTS_JOB_BATCH": "2"}

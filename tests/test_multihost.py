@@ -240,8 +240,9 @@ def pipeline(deployment: Deployment, tmp_path: Path, checkpoint_v1: Path, catego
     bucket = f"videos-{namespace}"
     deployment.create_bucket(bucket)
     base = pipeline_environment("unused://", checkpoint_v1, categories_v1, tmp_path / "data")
+    # a job of a killed or cut-off consumer is retried 1 s later, not 5 s (MOMENTS_RETRY_INTERVALS)
     base.update(MOMENTS_BUCKET=bucket, MOMENTS_NAMESPACE=namespace, MOMENTS_CONSUMER_LEASE="4",
-                AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+                MOMENTS_RETRY_INTERVALS="1", AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     folder = tmp_path / "in"
     expected = direct_top1(dict(base, MOMENTS_REDIS_URL="redis://127.0.0.1:1/0"), make_clips(folder, range(12)))
     barrier = tmp_path / "barrier"

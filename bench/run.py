@@ -315,7 +315,9 @@ def enqueue_at_scale(redis_url: str, bucket: str, write: str = "script") -> dict
             cpu_after, server_after = cpu_seconds(client)
         per_video = (int(client.info("memory")["used_memory"]) - before) / report.enqueued
         stats = client.info("commandstats")
-        transactions = {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("exec", "evalsha")}
+        # EXECs aborted by a WATCH count as calls; a script's first call, refused before it is loaded, as failed
+        transactions = {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                        - int(stats.get(f"cmdstat_{name}", {}).get("failed_calls", 0)) for name in ("exec", "evalsha")}
         return {"keys": report.enqueued, "seconds": seconds, "bytes_per_video": per_video,
                 "producer_cpu": cpu_after - cpu_before, "redis_cpu": server_after - server_before,
                 "writes": transactions["exec"] + transactions["evalsha"]}

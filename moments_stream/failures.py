@@ -28,9 +28,11 @@ def as_video_id(known: Iterable[str], bucket: str, name: str) -> str:
 def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str] | None = None) -> list[str]:
     """Give failed videos (all, or those named) another round of attempts; returns those requeued.
 
-    One transaction (``WATCH`` on the failed hash, retried when it changed meanwhile) leaves the
-    failed set, marks the version last enqueued pending again and enqueues its job, so a crash
-    leaves each video failed or requeued, never in neither state. A failed ``--reclassify`` is
+    One transaction (``WATCH`` on the failed and seen hashes, retried when either changed
+    meanwhile) leaves the failed set, marks the version last enqueued pending again and enqueues its
+    job, so a crash leaves each video failed or requeued, never in neither state, and a producer
+    enqueueing a replaced file meanwhile never has its newer version marked back to the one the
+    requeue read (the seen hash was not watched before: the requeue then won). A failed ``--reclassify`` is
     requeued for the model it was for (the failure's ``for_model``). Their rq jobs leave rq's
     failed registry in the same transaction, so ``rq info`` and ``consumer failures`` agree.
     """
@@ -39,7 +41,7 @@ def requeue_failed(client: redis.Redis, settings: Settings, videos: Iterable[str
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.failed())
+                pipe.watch(keys.failed(), keys.seen())
                 records = {record["video"]: record for record in map(json.loads, pipe.hvals(keys.failed()))}
                 chosen = _chosen(records, settings.bucket, videos)
                 if not chosen:

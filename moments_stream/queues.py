@@ -8,7 +8,7 @@ Every rq object that reads jobs (queues, workers, registries, ``Job.fetch``) mus
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -97,8 +97,13 @@ end
 return 1
 """
 
-# What the commands of a batch (seen, pending, rq's jobs) may be: each writes one key, its first argument.
+# What the commands of a batch (seen, pending, rq's jobs) may be: each writes one key, its first
+# argument, and reads nothing. Those of :data:`_MERGED` on one key are sent as one call (in order).
 _SINGLE_KEY_WRITES = frozenset({"HSET", "RPUSH", "LPUSH", "SADD", "EXPIRE", "PERSIST"})
+_MERGED = frozenset({"HSET", "RPUSH", "SADD"})
+# Arguments per call at most (after the key): far below Lua's unpack() limit (8,000), and even,
+# so that a field and its value stay together.
+_MAX_ARGUMENTS = 2000
 
 
 def _write_if_still_chosen(
@@ -114,16 +119,34 @@ def _write_if_still_chosen(
     script_args: list[Any] = [len(videos)]
     for video, fingerprint in videos.items():
         script_args += (video, fingerprint, "1" if video in chosen else "0")
-    for name, key, *arguments in commands:
-        if str(name).upper() not in _SINGLE_KEY_WRITES:
-            raise RuntimeError(f"enqueueing writes {name}, which the enqueue script was not written for")
+    for name, key, arguments in _calls(commands):
         script_keys.append(key)
         script_args += (name, len(arguments), *arguments)
     return bool(client.register_script(_WRITE_IF_STILL_CHOSEN)(keys=script_keys, args=script_args))
 
 
-# Fields per seen/pending HSET: a command's arguments stay far below Lua's unpack() limit (8,000).
-_MARKS_PER_COMMAND = 1000
+def _calls(commands: list[tuple[Any, ...]]) -> Iterator[tuple[str, Any, list[Any]]]:
+    """The same writes as ``commands`` in fewer calls: grouped by key (each writes its own key and
+    reads none, so only their order on one key matters), a run of HSET, RPUSH or SADD on one key
+    as one call of at most :data:`_MAX_ARGUMENTS` (rq writes a job's status, then its hash, then
+    pushes its id: three calls a job, one here, and one push a batch)."""
+    by_key: dict[Any, list[tuple[str, list[Any]]]] = {}
+    for name, key, *arguments in commands:
+        name = str(name).upper()
+        if name not in _SINGLE_KEY_WRITES:
+            raise RuntimeError(f"enqueueing writes {name}, which the enqueue script was not written for")
+        calls = by_key.setdefault(key, [])
+        if calls and calls[-1][0] == name and name in _MERGED:
+            calls[-1][1].extend(arguments)
+        else:
+            calls.append((name, list(arguments)))
+    for key, calls in by_key.items():
+        for name, arguments in calls:
+            if name not in _MERGED:
+                yield name, key, arguments
+                continue
+            for start in range(0, len(arguments), _MAX_ARGUMENTS):
+                yield name, key, arguments[start : start + _MAX_ARGUMENTS]
 
 
 def queue_jobs(
@@ -132,11 +155,8 @@ def queue_jobs(
     """Queue on ``pipe`` the seen/pending marks of ``videos`` and their rq jobs (one per
     ``MOMENTS_JOB_BATCH`` videos): in a MULTI, they are written together or not at all."""
     keys = settings.keys
-    items = list(videos.items())
-    for start in range(0, len(items), _MARKS_PER_COMMAND):
-        part = items[start : start + _MARKS_PER_COMMAND]
-        pipe.hset(keys.seen(), mapping=dict(part))
-        pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in part})
+    pipe.hset(keys.seen(), mapping={video: fingerprint for video, fingerprint in videos.items()})
+    pipe.hset(keys.pending(), mapping={video: pending_entry(fp, model_id) for video, fp in videos.items()})
     video_queue(client, settings).enqueue_many(_jobs(settings, videos, model_id), pipeline=pipe)
 
 

@@ -20,6 +20,7 @@ from redis.client import Pipeline
 from consumer.jobs import safe_local_name
 from moments_stream import queues
 from moments_stream.errors import ConfigError, RedisUnavailableError
+from moments_stream.failures import requeue_failed
 from moments_stream.keys import Keys
 from moments_stream.lithops_env import lithops_redis_section
 from moments_stream.queues import enqueue_videos, video_queue
@@ -225,6 +226,35 @@ def test_an_enqueue_the_script_was_not_written_for_is_refused_whole(
     with pytest.raises(RuntimeError, match="RENAME"):
         enqueue_videos(redis_client, settings, {"b/0.mp4": "1:1"}, only_new=True)
     assert redis_client.dbsize() == 0
+
+
+def test_a_requeue_racing_a_producer_requeues_the_version_the_producer_enqueued(
+    redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """consumer requeue reads the version last enqueued; a producer enqueueing the replaced file
+    before the requeue writes makes it read again, so it never marks the older version back."""
+    settings = Settings.from_env({}).replace(redis_url=redis_url, bucket="b")
+    redis_client.hset(Keys().seen(), "b/v.mp4", "1:1")
+    record = {"video": "b/v.mp4", "fingerprint": "1:1", "error": "storage said no", "worker": "w"}
+    redis_client.hset(Keys().failed(), "b/v.mp4", json.dumps(record))
+    builds: list[dict[str, str]] = []
+    build = queues.queue_jobs
+
+    def build_while_the_file_is_replaced(
+        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
+    ) -> None:
+        builds.append(dict(videos))
+        if len(builds) == 1:  # the requeue's first try, in its MULTI: the producer writes first
+            assert enqueue_videos(redis_client, settings, {"b/v.mp4": "2:2"}, only_new=True) == 1
+        build(pipe, client, settings_, videos, model_id)
+
+    monkeypatch.setattr(queues, "queue_jobs", build_while_the_file_is_replaced)
+    assert requeue_failed(redis_client, settings, ["v.mp4"]) == ["b/v.mp4"]
+    assert builds == [{"b/v.mp4": "1:1"}, {"b/v.mp4": "2:2"}, {"b/v.mp4": "2:2"}]  # requeue, producer, requeue
+    assert redis_client.hget(Keys().seen(), "b/v.mp4") == b"2:2"
+    assert json.loads(redis_client.hget(Keys().pending(), "b/v.mp4")) == {"fingerprint": "2:2", "model": None}
+    assert [job.args[0] for job in video_queue(redis_client, settings).jobs] == [[["b/v.mp4", "2:2"]]] * 2
+    assert redis_client.hlen(Keys().failed()) == 0
 
 
 def test_enqueue_prefix_end_to_end_on_storage(redis_client: redis.Redis, redis_url: str, bucket: str,

@@ -9,7 +9,7 @@ name below) and the fields that locate it:
 - ``pending_only_in_failed_registry``: a pending video whose only job is in rq's failed registry
   (its failure was never recorded: the reconciler leaves such a video alone; ``consumer requeue``
   does not see it either, as it is not failed).
-- ``pending_entry_unreadable``: a pending entry that is neither JSON nor a bare fingerprint.
+- ``pending_entry_unreadable``: a pending entry that is not a JSON entry (``videos.pending_entry``).
 - ``counted_and_failed``: a video with a prediction of a model and a failure for that model (a
   failure that names no model: for any).
 - ``counts_differ_from_predictions``: a category whose count is not the number of the model's

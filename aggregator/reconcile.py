@@ -59,12 +59,10 @@ class PendingEntry:
 
 
 def parse_pending(raw: bytes | str) -> PendingEntry:
-    """A pending entry: JSON ``{"fingerprint", "model"}``, or a bare fingerprint (before namespaces)."""
-    entry = text(raw)
-    if entry.startswith("{"):
-        document = json.loads(entry)
-        return PendingEntry(document["fingerprint"], document.get("model"))
-    return PendingEntry(entry, None)
+    """A pending entry: JSON ``{"fingerprint", "model"}`` (``videos.pending_entry``); raises
+    ``ValueError``, ``KeyError``, ``TypeError`` or ``AttributeError`` for anything else."""
+    document = json.loads(text(raw))
+    return PendingEntry(document["fingerprint"], document.get("model"))
 
 
 @dataclass
@@ -79,7 +77,7 @@ class Snapshot:
     outbox: set[str] = field(default_factory=set)
     # Every video of every job read, with the job's model (check: jobs for a model nobody runs).
     job_models: dict[str | None, int] = field(default_factory=dict)
-    # Pending entries that are neither JSON entries nor bare fingerprints.
+    # Pending entries that are not JSON entries (videos.pending_entry).
     unreadable: list[str] = field(default_factory=list)
 
     @property

@@ -59,7 +59,8 @@ class RecordResult(enum.Enum):
 # kind ("p" prediction, "f" failure), video, fingerprint, model id, index in KEYS of its model's
 # triple, top-1 ("" for a failure), record JSON, its outbox field, the model its job was for ("" for
 # any).
-# A pending entry is JSON (videos.pending_entry); a bare fingerprint (before namespaces) means any model.
+# A pending entry is JSON (videos.pending_entry); one that is not answers no outcome and stays
+# (`aggregator check` lists it: pending_entry_unreadable).
 _RECORD_BATCH = """
 local TRIPLES = 10
 local triple_models = {}
@@ -102,13 +103,10 @@ local function settled(kind, video, fingerprint, model, for_model, outbox_field)
   if latest and latest ~= fingerprint then return false end
   local waiting = redis.call('HGET', KEYS[3], video)
   if not waiting then return true, false, '' end
-  local pending_fingerprint, pending_model = waiting, ''
-  if string.sub(waiting, 1, 1) == '{' then
-    local entry = cjson.decode(waiting)
-    pending_fingerprint = entry['fingerprint']
-    if not absent(entry['model']) then pending_model = entry['model'] end
-  end
-  if pending_fingerprint ~= fingerprint then return true, false, '' end
+  local readable, entry = pcall(cjson.decode, waiting)
+  if not readable or type(entry) ~= 'table' or entry['fingerprint'] ~= fingerprint then return true, false, '' end
+  local pending_model = ''
+  if not absent(entry['model']) then pending_model = entry['model'] end
   local answers
   if kind == 'p' then
     answers = pending_model == '' or pending_model == model
@@ -293,14 +291,22 @@ def _published_by_any_model(client: redis.Redis, keys: Keys, video: str, fingerp
     return any(True for _ in client.hscan_iter(keys.outbox(), match=pattern, count=1000))
 
 
-def pending_fingerprint(entry: str) -> str:
-    """The version a pending entry waits for (JSON, or a bare fingerprint before namespaces)."""
-    return json.loads(entry)["fingerprint"] if entry.startswith("{") else entry
+def pending_fingerprint(entry: str) -> str | None:
+    """The version a pending entry (:func:`videos.pending_entry`) waits for; ``None`` for an entry
+    that is not one, which waits for no outcome (``aggregator check`` lists it)."""
+    try:
+        document = json.loads(entry)
+    except ValueError:
+        return None
+    fingerprint = document.get("fingerprint") if isinstance(document, dict) else None
+    return fingerprint if isinstance(fingerprint, str) else None
 
 
 def pending_model(entry: str) -> str | None:
-    """The model a pending entry's job is for (``None``: any model)."""
-    return json.loads(entry).get("model") if entry.startswith("{") else None
+    """The model a pending entry's job is for (``None``: any model); the entry is one
+    (:func:`pending_fingerprint` read it)."""
+    model: str | None = json.loads(entry).get("model")
+    return model
 
 
 def unrecorded_outcomes(

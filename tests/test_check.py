@@ -142,3 +142,17 @@ def test_jobs_for_a_model_a_live_consumer_runs_and_a_resolved_dead_letter_are_fi
     # the consumer's lease lapses: nobody runs that model now
     redis_client.delete(worker_key)
     assert invariants(check_document(redis_client, settings)) == ["jobs_for_a_model_no_consumer_runs"]
+
+
+def test_a_pending_entry_that_is_not_a_json_entry_is_listed_and_answers_no_outcome(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    healthy(redis_client, settings)
+    redis_client.hset(settings.keys.pending(), "chk/v/odd.mp4", "3:3")  # not videos.pending_entry
+    problems = check_document(redis_client, settings)["problems"]
+    assert [(problem["invariant"], problem["video"]) for problem in problems] == [
+        ("pending_entry_unreadable", "chk/v/odd.mp4")]
+    prediction = outcome.counted("chk/v/odd.mp4", "3:3", MODEL, top5("cat-0"))
+    assert ledger.record(redis_client, settings.keys, prediction) is ledger.RecordResult.RECORDED
+    assert redis_client.hget(settings.keys.pending(), "chk/v/odd.mp4") == b"3:3"  # left for the check to list
+    assert ledger.unfinished(redis_client, settings.keys, {"chk/v/odd.mp4": "3:3", "chk/v/x.mp4": "1:1"}, None) == {}

@@ -13,6 +13,7 @@ from moments_stream.errors import ConfigError
 from moments_stream.keys import Keys
 from moments_stream.ledger import RecordResult
 from moments_stream.outcome import VideoOutcome, counted, failed
+from moments_stream.videos import pending_entry
 
 RECORDED, DUPLICATE, STALE = RecordResult.RECORDED, RecordResult.DUPLICATE, RecordResult.STALE
 
@@ -31,7 +32,7 @@ def failure(video: str, fingerprint: str, error: str) -> VideoOutcome:
 
 
 def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Redis) -> None:
-    redis_client.hset(KEYS.pending(), "a.mp4", "10:1")
+    redis_client.hset(KEYS.pending(), "a.mp4", pending_entry("10:1", None))
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "juggling")) is RECORDED
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "juggling")) is DUPLICATE
     assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1}
@@ -42,7 +43,7 @@ def test_prediction_counted_once_even_if_delivered_twice(redis_client: redis.Red
 def test_replaced_file_moves_its_count(redis_client: redis.Redis) -> None:
     ledger.record(redis_client, KEYS, prediction("a.mp4", "juggling", "10:1"))
     ledger.record(redis_client, KEYS, prediction("b.mp4", "juggling", "10:1"))
-    redis_client.hset(KEYS.pending(), "a.mp4", "12:2")
+    redis_client.hset(KEYS.pending(), "a.mp4", pending_entry("12:2", None))
     redis_client.hset(KEYS.seen(), "a.mp4", "12:2")
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "running", "12:2")) is RECORDED
     assert ledger.counts(redis_client, KEYS, MODEL) == {"juggling": 1, "running": 1}
@@ -59,7 +60,7 @@ def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) ->
     # The file was replaced (2:2 enqueued) and its new prediction recorded before the old
     # version's delayed message arrived: the old one must not win.
     redis_client.hset(KEYS.seen(), "a.mp4", "2:2")
-    redis_client.hset(KEYS.pending(), "a.mp4", "2:2")
+    redis_client.hset(KEYS.pending(), "a.mp4", pending_entry("2:2", None))
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "running", "2:2")) is RECORDED
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "juggling", "1:1")) is STALE
     assert ledger.record(redis_client, KEYS, failure("a.mp4", "1:1", "old attempt")) is STALE
@@ -69,14 +70,14 @@ def test_late_outcome_of_an_older_version_is_stale(redis_client: redis.Redis) ->
 
 def test_stale_outcome_leaves_the_newer_version_pending(redis_client: redis.Redis) -> None:
     redis_client.hset(KEYS.seen(), "a.mp4", "2:2")
-    redis_client.hset(KEYS.pending(), "a.mp4", "2:2")
+    redis_client.hset(KEYS.pending(), "a.mp4", pending_entry("2:2", None))
     assert ledger.record(redis_client, KEYS, prediction("a.mp4", "juggling", "1:1")) is STALE
-    assert redis_client.hget(KEYS.pending(), "a.mp4") == b"2:2"
+    assert redis_client.hget(KEYS.pending(), "a.mp4") == pending_entry("2:2", None).encode()
     assert ledger.counts(redis_client, KEYS, MODEL) == {}
 
 
 def test_failure_recorded_and_pending_cleared(redis_client: redis.Redis) -> None:
-    redis_client.hset(KEYS.pending(), "bad.mp4", "3:1")
+    redis_client.hset(KEYS.pending(), "bad.mp4", pending_entry("3:1", None))
     assert ledger.record(redis_client, KEYS, failure("bad.mp4", "3:1", "cannot decode")) is RECORDED
     assert json.loads(redis_client.hget(KEYS.failed(), "bad.mp4"))["error"] == "cannot decode"
     assert ledger.pending_count(redis_client, KEYS) == 0
@@ -167,8 +168,9 @@ def test_a_batch_records_exactly_as_its_outcomes_one_by_one(redis_client: redis.
     for keys in (alone, batched):
         redis_client.hset(keys.seen(), mapping={"a.mp4": "1:1", "b.mp4": "2:1", "c.mp4": "3:2", "d.mp4": "4:1",
                                                 "e.mp4": "5:1"})
-        redis_client.hset(keys.pending(), mapping={"a.mp4": "1:1", "b.mp4": "2:1", "c.mp4": "3:2", "d.mp4": "4:1",
-                                                   "e.mp4": "5:1"})
+        redis_client.hset(keys.pending(), mapping={video: pending_entry(fingerprint, None) for video, fingerprint in
+                                                   {"a.mp4": "1:1", "b.mp4": "2:1", "c.mp4": "3:2", "d.mp4": "4:1",
+                                                    "e.mp4": "5:1"}.items()})
         staged = failure("d.mp4", "4:1", "cannot decode")
         redis_client.hset(keys.outbox(), staged.outbox_field, staged.encode())
         redis_client.hset(keys.seen(), "c.mp4", "3:1")
@@ -203,8 +205,8 @@ def lose_queued_messages(client: redis.Redis) -> None:
 
 
 def test_outcome_lost_from_the_queue_is_recorded_from_the_outbox(redis_client: redis.Redis) -> None:
-    redis_client.hset(KEYS.pending(), "a.mp4", "10:1")
-    redis_client.hset(KEYS.pending(), "bad.mp4", "3:1")
+    redis_client.hset(KEYS.pending(), "a.mp4", pending_entry("10:1", None))
+    redis_client.hset(KEYS.pending(), "bad.mp4", pending_entry("3:1", None))
     queue = results_queue(redis_client)
     results.publish(redis_client, KEYS, prediction("a.mp4", "juggling"))
     results.publish(redis_client, KEYS, failure("bad.mp4", "3:1", "cannot decode"))
@@ -242,7 +244,6 @@ def test_sorted_counts() -> None:
 def test_a_reclassify_waits_for_its_own_model(redis_client: redis.Redis) -> None:
     """A job for OTHER_MODEL: an outcome of the old model (a consumer still running it) counts under
     that model only, and the video stays pending until OTHER_MODEL's outcome arrives."""
-    from moments_stream.videos import pending_entry
 
     redis_client.hset(KEYS.seen(), "b/a.mp4", "10:1")
     redis_client.hset(KEYS.pending(), "b/a.mp4", pending_entry("10:1", OTHER_MODEL))
@@ -255,7 +256,6 @@ def test_a_reclassify_waits_for_its_own_model(redis_client: redis.Redis) -> None
 
 
 def test_pending_entry_for_any_model_is_cleared_by_any(redis_client: redis.Redis) -> None:
-    from moments_stream.videos import pending_entry
 
     redis_client.hset(KEYS.pending(), "b/a.mp4", pending_entry("10:1", None))
     ledger.record(redis_client, KEYS, prediction("b/a.mp4", "juggling", model_id=OTHER_MODEL))

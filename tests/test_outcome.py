@@ -19,6 +19,7 @@ from moments_stream.outcome import (
     failed,
     outbox_field,
 )
+from moments_stream.videos import pending_entry
 
 KEYS = Keys("outcome-test")
 MODEL = "v1-aaaaaaaaaaaa-11111111"
@@ -89,7 +90,7 @@ def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redi
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
     # (The newer release's video is left out of pending only so that this drain can end when idle.)
     for video, fingerprint in (("bucket/a.mp4", "10:1"), ("bucket/c.mp4", "7:1")):
-        redis_client.hset(KEYS.pending(), video, fingerprint)
+        redis_client.hset(KEYS.pending(), video, pending_entry(fingerprint, None))
     newer = {**SCHEMA_0_COUNTED, "video": "bucket/new.mp4", "fingerprint": "5:1", "schema": SCHEMA_VERSION + 1,
              "published_at": 0}
     newer_field = outbox_field("bucket/new.mp4", "5:1", MODEL)

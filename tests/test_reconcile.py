@@ -19,7 +19,6 @@ from moments_stream.errors import ConfigError
 from moments_stream.queues import enqueue_videos, job_videos, video_queue
 from moments_stream.results import open_results_queue
 from moments_stream.settings import Settings
-from moments_stream.videos import pending_entry
 
 AFTER_S = 60
 A, B, C = "rec/v/a.mp4", "rec/v/b.mp4", "rec/v/c.mp4"
@@ -198,13 +197,6 @@ def test_a_round_another_aggregator_holds_does_nothing(redis_client: redis.Redis
     assert redis_client.get(f"{settings.keys.namespace}:reconcile:lock") == b"another-aggregator"
     redis_client.delete(f"{settings.keys.namespace}:reconcile:lock")
     assert reconcile(redis_client, settings, now=float(AFTER_S)).requeued == 1
-
-
-def test_a_pending_entry_of_an_older_release_is_reconciled_too(redis_client: redis.Redis, settings: Settings) -> None:
-    redis_client.hset(settings.keys.pending(), mapping={C: "3:3", B: pending_entry("2:2", None)})
-    reconcile(redis_client, settings, now=0.0)
-    assert reconcile(redis_client, settings, now=float(AFTER_S)).requeued == 2
-    assert sorted(queued(redis_client, settings), key=str) == sorted([({B: "2:2"}, None), ({C: "3:3"}, None)], key=str)
 
 
 @pytest.mark.parametrize(("name", "value"), [("MOMENTS_RECONCILE_AFTER", "0"), ("MOMENTS_RECONCILE_ROUNDS", "-1"),

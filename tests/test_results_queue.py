@@ -19,6 +19,7 @@ from aggregator.drain import drain
 from moments_stream import ledger, outcome, results
 from moments_stream.keys import Keys
 from moments_stream.outcome import VideoOutcome
+from moments_stream.videos import pending_entry
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = Keys("results-test")
@@ -111,7 +112,7 @@ def test_receive_waits_at_most_its_timeout_and_zero_does_not_block(redis_client:
 
 def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redis_client: redis.Redis) -> None:
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
-    redis_client.hset(KEYS.pending(), "good.mp4", "1:1")
+    redis_client.hset(KEYS.pending(), "good.mp4", pending_entry("1:1", None))
     push = [
         b"\x80\x05garbage",  # a pickle's first bytes, as a release before this one pushed
         pickle.dumps(json.dumps(counted("pickled.mp4").to_json())),  # such a release's whole message
@@ -149,7 +150,7 @@ def test_a_batch_is_the_next_messages_in_order(redis_client: redis.Redis) -> Non
 def test_several_aggregators_drain_one_queue_together(redis_client: redis.Redis, redis_url: str) -> None:
     """Each message reaches one aggregator: every video counted once, no duplicate, nothing recovered."""
     videos = [f"{index:05d}.mp4" for index in range(3 * ledger.MAX_BATCH + 7)]
-    redis_client.hset(KEYS.pending(), mapping=dict.fromkeys(videos, "1:1"))
+    redis_client.hset(KEYS.pending(), mapping=dict.fromkeys(videos, pending_entry("1:1", None)))
     for video in videos:
         results.publish(redis_client, KEYS, counted(video))
     reports = []

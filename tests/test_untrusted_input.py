@@ -25,6 +25,7 @@ from moments_stream.logs import configure_logging, get_logger, reset_logging
 from moments_stream.redaction import redact, redact_text
 from moments_stream.redis_conn import connect
 from moments_stream.settings import Settings
+from moments_stream.videos import pending_entry
 from producer.listing import iter_localhost
 from tests.instant import InstantClassifier
 from tests.redis_server import (
@@ -64,7 +65,7 @@ def test_a_message_crafted_to_run_code_runs_nothing_and_is_dead_lettered(
 ) -> None:
     markers = [tmp_path / f"marker-{index}" for index in range(3)]
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
-    redis_client.hset(KEYS.pending(), "good.mp4", "1:1")
+    redis_client.hset(KEYS.pending(), "good.mp4", pending_entry("1:1", None))
     # protocol 5 (STACK_GLOBAL), protocol 0 (GLOBAL) and a builtins callable
     redis_client.rpush(KEYS.results_list(), pickle.dumps(RunsCode(f"touch {markers[0]}"), protocol=5))
     redis_client.rpush(KEYS.results_list(), pickle.dumps(RunsCode(f"touch {markers[1]}"), protocol=0))

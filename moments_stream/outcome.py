@@ -2,12 +2,9 @@
 failed, with the reason. It travels on the results queue and waits in the outbox as JSON, and the
 ledger keeps it as the video's record.
 
-The JSON form is versioned by ``schema``, so consumers and aggregators of different releases can
-run side by side during an upgrade:
-
-- schema 0 (no ``schema`` field): the messages of releases before versioning, with the same fields;
-  read as schema 1 (a counted message then always carried ``outcome``).
-- schema 1: adds ``schema``.
+The JSON form is versioned by ``schema`` (every message carries it; 1 is the first), so consumers
+and aggregators of different releases can run side by side during an upgrade. A message without
+``schema`` is not an outcome.
 
 A reader accepts every schema up to :data:`SCHEMA_VERSION` and ignores fields it does not know, so
 a field added later needs no new schema; one that changes a meaning does. A newer schema is refused
@@ -105,7 +102,9 @@ class VideoOutcome:
         """The outcome a JSON object of any supported schema holds, or :class:`InvalidOutcome`."""
         if not isinstance(document, dict):
             raise InvalidOutcome("payload is not a JSON object")
-        schema = document.get("schema", 0)
+        if "schema" not in document:
+            raise InvalidOutcome("no schema field")
+        schema = document["schema"]
         if not isinstance(schema, int) or isinstance(schema, bool):
             raise InvalidOutcome(f"schema {schema!r} is not a number")
         if schema > SCHEMA_VERSION:

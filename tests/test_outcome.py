@@ -23,14 +23,13 @@ from moments_stream.videos import pending_entry
 
 KEYS = Keys("outcome-test")
 MODEL = "v1-aaaaaaaaaaaa-11111111"
-# What a consumer of the release before versioning published (consumer/jobs.py at 7b4fd70).
-SCHEMA_0_COUNTED = {
-    "video": "bucket/a.mp4", "top5": [["juggling", 0.9], ["running", 0.05]], "model_id": MODEL, "frame_count": 90,
+# A counted message as a consumer publishes it.
+COUNTED_MESSAGE = {
+    "schema": SCHEMA_VERSION, "video": "bucket/a.mp4", "top5": [["juggling", 0.9], ["running", 0.05]],
+    "model_id": MODEL, "frame_count": 90,
     "decode_ms": 50.0, "infer_ms": 800.0, "synthetic_weights": False, "sampling": "seek", "codec": "h264",
     "extra": {}, "outcome": "counted", "fingerprint": "10:1", "total_ms": 900.0, "worker": "w1", "download_ms": 4.0,
 }
-SCHEMA_0_FAILED = {"outcome": "failed", "video": "bucket/bad.mp4", "fingerprint": "3:1", "error": "cannot decode",
-                   "worker": None, "model_id": MODEL}
 
 
 def test_counted_and_failed_round_trip_through_json() -> None:
@@ -49,14 +48,6 @@ def test_counted_and_failed_round_trip_through_json() -> None:
         ("juggling", 0.912346),)
 
 
-def test_a_schema_0_message_reads_as_the_same_outcome() -> None:
-    old = VideoOutcome.from_json(SCHEMA_0_COUNTED)
-    assert old.counted and old.top1 == "juggling" and old.model_id == MODEL and old.total_ms == 900.0
-    assert old.sampling == "seek" and old.worker == "w1"
-    failure = VideoOutcome.from_json(SCHEMA_0_FAILED)
-    assert not failure.counted and failure.error == "cannot decode"
-
-
 def test_fields_a_later_release_adds_are_ignored() -> None:
     outcome = VideoOutcome.from_json({**counted("v", "1:1", MODEL, [("a", 1.0)]).to_json(), "gpu": "H100"})
     assert outcome.top1 == "a"
@@ -66,11 +57,14 @@ def test_fields_a_later_release_adds_are_ignored() -> None:
     ("document", "reason"),
     [
         ([1, 2], "payload is not a JSON object"),
-        ({"video": "v", "outcome": "counted"}, "missing or non-text field(s): fingerprint"),
-        ({"video": "v", "fingerprint": "1:1", "outcome": "exploded"}, "unknown outcome 'exploded'"),
-        ({"video": "v", "fingerprint": "1:1", "outcome": "counted", "model_id": MODEL}, "a counted outcome needs"),
-        ({"video": "v", "fingerprint": "1:1", "outcome": "counted", "top5": [["a", "high"]]}, "top5 is not a list"),
+        ({"schema": 1, "video": "v", "outcome": "counted"}, "missing or non-text field(s): fingerprint"),
+        ({"schema": 1, "video": "v", "fingerprint": "1:1", "outcome": "exploded"}, "unknown outcome 'exploded'"),
+        ({"schema": 1, "video": "v", "fingerprint": "1:1", "outcome": "counted", "model_id": MODEL},
+         "a counted outcome needs"),
+        ({"schema": 1, "video": "v", "fingerprint": "1:1", "outcome": "counted", "top5": [["a", "high"]]},
+         "top5 is not a list"),
         ({"video": "v", "fingerprint": "1:1", "outcome": "failed", "schema": "one"}, "schema 'one' is not"),
+        ({"video": "v", "fingerprint": "1:1", "outcome": "failed", "error": "x"}, "no schema field"),
     ],
 )
 def test_what_is_not_an_outcome_is_refused_with_the_reason(document: object, reason: str) -> None:
@@ -81,21 +75,21 @@ def test_what_is_not_an_outcome_is_refused_with_the_reason(document: object, rea
 
 def test_a_newer_schema_is_refused_as_such() -> None:
     with pytest.raises(UnsupportedSchema, match=f"schema {SCHEMA_VERSION + 1} is newer"):
-        VideoOutcome.from_json({**SCHEMA_0_COUNTED, "schema": SCHEMA_VERSION + 1})
+        VideoOutcome.from_json({**COUNTED_MESSAGE, "schema": SCHEMA_VERSION + 1})
 
 
-def test_old_and_new_consumers_side_by_side_during_an_upgrade(redis_client: redis.Redis) -> None:
-    """An aggregator of this release records a schema-0 consumer's message; a newer release's message
-    is neither recorded nor dead-lettered: it stays in the outbox for an upgraded aggregator."""
+def test_this_and_a_newer_releases_consumers_side_by_side_during_an_upgrade(redis_client: redis.Redis) -> None:
+    """An aggregator records its own release's message; a newer release's message is neither
+    recorded nor dead-lettered: it stays in the outbox for an upgraded aggregator."""
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
     # (The newer release's video is left out of pending only so that this drain can end when idle.)
     for video, fingerprint in (("bucket/a.mp4", "10:1"), ("bucket/c.mp4", "7:1")):
         redis_client.hset(KEYS.pending(), video, pending_entry(fingerprint, None))
-    newer = {**SCHEMA_0_COUNTED, "video": "bucket/new.mp4", "fingerprint": "5:1", "schema": SCHEMA_VERSION + 1,
+    newer = {**COUNTED_MESSAGE, "video": "bucket/new.mp4", "fingerprint": "5:1", "schema": SCHEMA_VERSION + 1,
              "published_at": 0}
     newer_field = outbox_field("bucket/new.mp4", "5:1", MODEL)
     redis_client.hset(KEYS.outbox(), newer_field, json.dumps(newer))
-    redis_client.rpush(KEYS.results_list(), json.dumps(SCHEMA_0_COUNTED))  # an old consumer, still running
+    redis_client.rpush(KEYS.results_list(), json.dumps(COUNTED_MESSAGE))  # a consumer not yet upgraded
     redis_client.rpush(KEYS.results_list(), json.dumps(newer))  # a newer consumer, already upgraded
     results.publish(redis_client, KEYS, counted("bucket/c.mp4", "7:1", MODEL, [("running", 0.8)]))
 

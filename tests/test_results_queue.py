@@ -118,7 +118,7 @@ def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redi
         pickle.dumps(json.dumps(counted("pickled.mp4").to_json())),  # such a release's whole message
         b"\xff\xfe not UTF-8",
         b"{not json",
-        json.dumps({"outcome": "counted", "video": "no-fingerprint.mp4"}).encode(),
+        json.dumps({"schema": 1, "outcome": "counted", "video": "no-fingerprint.mp4"}).encode(),
         json.dumps({**counted("bad-top5.mp4").to_json(), "top5": "juggling"}).encode(),
         json.dumps({**counted("weird.mp4").to_json(), "outcome": "exploded"}).encode(),
     ]

@@ -41,8 +41,8 @@ def note_try(job: Any, video: str) -> None:
 
 
 def tried_on_every_run(job: Any, video: str) -> bool:
-    """Whether ``video`` was tried on every run of its batch job (a job of a release before, which
-    kept no count, counts as tried)."""
+    """Whether ``video`` was tried on every run of its batch job that :func:`note_run` counted (none
+    counted: a job that failed before its first run began, which tried no video either)."""
     runs = int(job.meta.get("runs", 0))
     return int(job.meta.get("tries", {}).get(video, 0)) >= runs
 

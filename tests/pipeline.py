@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import atexit
-import json
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from consumer.classify import Classifier, decode_video, load_classifier
+from moments_stream.settings import Settings
 from tests.media import synthetic_frames, write_h264, write_opencv
 
 BIN = Path(sys.executable).parent
@@ -98,11 +100,46 @@ def counts(env: dict[str, str]) -> dict[str, int]:
     return counts_of(client_for(env))
 
 
+# The model `consumer classify` loads for the settings of direct_top1's callers, loaded once in the
+# test process (the last one asked for: tests switch between two checkpoints at most), and the
+# top-1 it gave each clip, by what the clip is (its bytes) and the model settings.
+_MODEL_SETTINGS = ("model", "weights", "categories", "weights_sha256", "cache_dir", "num_frames", "precision",
+                   "engine", "threads", "compile", "device", "max_decoded_frames", "max_frame_pixels")
+_loaded: dict[tuple, Classifier] = {}
+_top1: dict[tuple, str] = {}
+
+
+def _model_key(settings: Settings) -> tuple:
+    key = tuple(getattr(settings, name) for name in _MODEL_SETTINGS)
+    weights = Path(settings.weights_source)
+    if weights.is_file():  # a checkpoint rewritten at the same path is another model
+        key += (weights.stat().st_size, weights.stat().st_mtime_ns)
+    return key
+
+
 def direct_top1(env: dict[str, str], clips: list[Path]) -> dict[str, str]:
-    """What `consumer classify` says of each clip, by file name: the truth the pipeline must match."""
-    done = run(env, "consumer", "classify", "--json", *map(str, clips))
-    assert done.returncode == 0, done.stderr
-    return {Path(r["video"]).name: r["top5"][0][0] for r in map(json.loads, done.stdout.splitlines())}
+    """What `consumer classify` says of each clip, by file name: the truth the pipeline must match.
+
+    It is the command's own path (consumer/cli.py's cmd_classify: the model ``env``'s settings
+    load, decode_video, Classifier.classify_decoded), run in the test process instead of one
+    `consumer classify` process per test, each of which paid for starting and loading the model:
+    the model is loaded once and a clip seen before (same bytes, same model) is not classified again.
+    Nothing of the pipeline (Redis, rq, Lithops, consumers) is involved."""
+    settings = Settings.from_env(env)
+    model = _model_key(settings)
+    if model not in _loaded:
+        _loaded.clear()
+        _loaded[model] = load_classifier(settings, progress=False)
+    classifier = _loaded[model]
+    top1 = {}
+    for clip in clips:
+        key = (model, hashlib.sha256(clip.read_bytes()).hexdigest())
+        if key not in _top1:
+            decoded = decode_video(str(clip), settings.num_frames, settings.max_decoded_frames,
+                                   settings.max_frame_pixels)
+            _top1[key] = classifier.classify_decoded(decoded).top1
+        top1[clip.name] = _top1[key]
+    return top1
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:

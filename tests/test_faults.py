@@ -11,8 +11,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,6 +258,41 @@ def test_aggregator_killed_mid_run_and_a_popped_message_lost(env: dict[str, str]
     assert client.hlen("moments:outbox") == 0
 
 
+class RedisAway:
+    """Redis gone from its port, and in its place a listener that closes every connection at once
+    (what a client reconnecting to a restarting server meets), counting those made by ``watched``."""
+
+    def __init__(self, port: int, watched: psutil.Process) -> None:
+        self.listener = socket.create_server(("127.0.0.1", port))  # SO_REUSEADDR: Redis's port, just freed
+        self.listener.settimeout(0.1)
+        self.watched = watched
+        self.refused_from_watched = 0
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._refuse, name="redis-away", daemon=True)
+
+    def _refuse(self) -> None:
+        while not self.closing.is_set():
+            try:
+                connection, peer = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:  # the client's end is still open here: whose it is can be read
+                try:
+                    if any(tuple(c.laddr) == peer for c in self.watched.net_connections("tcp")):
+                        self.refused_from_watched += 1
+                except psutil.Error:
+                    pass
+
+    def __enter__(self) -> RedisAway:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
 def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, str], tmp_path: Path) -> None:
     barrier = tmp_path / "barrier"
     hold(barrier, "clip70.mp4")  # so that Redis goes away mid-run, with a video in a consumer's hands
@@ -263,8 +300,12 @@ def test_redis_restarted_mid_run_with_aof(server: RedisServer, env: dict[str, st
     pipeline = start_pipeline(env, tmp_path / "in", range(60, 80))
     client = pipeline.client
     wait_until((barrier / "reached-clip70.mp4").exists, 180, "a consumer holding clip70.mp4")
+    holder = psutil.Process(int((barrier / "reached-clip70.mp4").read_text()))
     server.stop()
-    time.sleep(3)  # down for longer than a consumer's first reconnection attempts
+    # Down until the consumer holding clip70.mp4 has certainly met the outage: two of its
+    # reconnection attempts (its lease's heartbeat) refused, however long that takes.
+    with RedisAway(server.port, holder) as away:
+        wait_until(lambda: away.refused_from_watched >= 2, 120, "the holder's reconnections to be refused")
     server.start()
     (barrier / "hold-clip70.mp4").unlink()
 

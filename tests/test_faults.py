@@ -167,8 +167,9 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     consumers = start(dict(env, MOMENTS_STOP_MARGIN=str(margin)), "consumer", "start", "--workers", "1",
                       "--function-timeout", str(function_timeout), "--idle-exit", "5")
     reached = barrier / "reached-clip40.mp4"
-    wait_until(reached.exists, 180, "the first consumer holding clip40.mp4")
-    past_its_deadline = psutil.Process(int(reached.read_text())).create_time() + takes_videos_for + 1
+    wait_until(reached.exists, 180, "a consumer holding clip40.mp4")
+    holder = int(reached.read_text())
+    past_its_deadline = psutil.Process(holder).create_time() + takes_videos_for + 1
     wait_until(lambda: time.time() > past_its_deadline, takes_videos_for + 5, "the holder's deadline")
     (barrier / "hold-clip40.mp4").unlink()
     out, err = consumers.communicate(timeout=600)
@@ -179,11 +180,16 @@ def test_consumers_end_before_their_time_limit_and_are_relaunched(env: dict[str,
     stop_aggregator(aggregator)
 
     reasons = [summary["reason"] for summary in summaries]
-    assert summaries[0]["reason"] == "deadline" and summaries[0]["jobs"] == 1, summaries
+    # The holder (whichever consumer it was: one slow to start may have left before taking a video)
+    # left for its time limit with the held video's job alone done, the rest of its batch handed back.
+    (held_by,) = [summary for summary in summaries if f"-{holder}-" in (summary["worker"] or "")]
+    assert held_by["reason"] == "deadline" and held_by["jobs"] == 1, summaries
     # every consumer but the last left for its time limit and was replaced; the last one left idle,
-    # or for its time limit once nothing was pending
+    # or for its time limit once nothing was pending. Each returned its own summary, so none was
+    # killed at its time limit (Lithops stops a function at --function-timeout, and the launcher
+    # then reports it crashed, with no worker): no clock of the test's is compared with the limit.
     assert len(summaries) >= 2 and set(reasons[:-1]) == {"deadline"} and reasons[-1] in ("idle", "deadline"), summaries
-    assert all(summary["runtime_s"] < function_timeout for summary in summaries)
+    assert all(summary["worker"] for summary in summaries), summaries
     assert counts(env) == collections.Counter(expected.values())
     assert client.hlen("moments:failed") == 0
 

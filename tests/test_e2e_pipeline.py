@@ -65,8 +65,10 @@ def test_stages_as_separate_processes_with_a_corrupt_video(pipeline_env: dict[st
     enqueued = run(pipeline_env, "producer", "enqueue", "batch/")
     assert enqueued.stdout.strip() == "enqueued 4, skipped 0", enqueued.stderr
 
-    aggregator = start(pipeline_env, "aggregator", "run", "--idle-exit", "5")
-    consumers = run(pipeline_env, "consumer", "start", "--workers", "2", "--idle-exit", "5")
+    # Idle exits of 1 s: every job is queued before the consumers start, and the aggregator leaves
+    # idle only once nothing is pending.
+    aggregator = start(pipeline_env, "aggregator", "run", "--idle-exit", "1")
+    consumers = run(pipeline_env, "consumer", "start", "--workers", "2", "--idle-exit", "1")
     assert consumers.returncode == 0, consumers.stderr
     summaries = [json.loads(line) for line in consumers.stdout.splitlines()]
     assert len(summaries) == 2 and sum(s["jobs"] for s in summaries) == 4

@@ -214,7 +214,8 @@ def test_reclassify_reaches_the_new_model_while_old_consumers_run(env: dict[str,
     assert [json.loads(line)["reason"] for line in out.splitlines()] == ["superseded"]
     assert client.hlen("moments:pending") == 4
 
-    new_consumers = run(env_b, "consumer", "start", "--workers", "1", "--idle-exit", "5", timeout=300)
+    # the handed-back jobs are queued before it starts: it leaves 1 s after the last
+    new_consumers = run(env_b, "consumer", "start", "--workers", "1", "--idle-exit", "1", timeout=300)
     assert new_consumers.returncode == 0, new_consumers.stderr[-3000:]
     wait_until(lambda: client.hlen("moments:pending") == 0, 60, "the new model's pass to be recorded")
     aggregator.send_signal(signal.SIGINT)

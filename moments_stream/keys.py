@@ -127,7 +127,7 @@ class Keys:
 
     def results_list(self) -> str:
         """List: the results queue consumers publish outcomes on and aggregators drain, one JSON
-        outcome a message (:mod:`moments_stream.results` owns its protocol). Named as Lithops named
-        the list of the ``lithops.multiprocessing.Queue`` that carried them in releases before, so a
-        pipeline upgraded mid-run drains what is already on it."""
+        outcome a message (:mod:`moments_stream.results` owns its protocol). Named as Lithops names
+        a ``lithops.multiprocessing.Queue``'s list, the design's first carrier of these messages, so
+        the name in dashboards and scripts written for it still holds."""
         return "redislist-a-" + self._key("results")

@@ -16,8 +16,9 @@ protocol; nothing else writes or reads the list.
   aggregators may drain one list and each message reaches one of them.
 
 A message that is not an outcome this release reads (anyone who can write to Redis can push onto
-the list; a release before this one pushed pickles) goes to the dead-letter hash with the reason and
-an excerpt, and draining goes on; its outbox copy, if it has one, is recorded from there.
+the list; a pickle, such as a ``lithops.multiprocessing.Queue`` pushes, is never unpickled) goes
+to the dead-letter hash with the reason and an excerpt, and draining goes on; its outbox copy, if
+it has one, is recorded from there.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .settings import DEFAULT_RESULTS_TTL_S, Settings
 
 # How much of an unreadable message the dead-letter entry keeps.
 DEAD_LETTER_EXCERPT = 2000
-# The first byte of a pickle of protocol 2 or later: what a release before this one pushed.
+# The first byte of a pickle of protocol 2 or later (what a lithops.multiprocessing.Queue pushes).
 PICKLE_MARK = b"\x80"
 
 
@@ -132,8 +133,9 @@ def decode(raw: bytes) -> VideoOutcome:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        what = ("a pickle (a release before this one pushed pickled messages; never unpickled: its outbox "
-                "copy is recorded instead)" if raw.startswith(PICKLE_MARK) else f"not UTF-8 text ({error})")
+        pickled = ("a pickle (never unpickled: anyone who can write to Redis could make one run code; an "
+                   "outbox copy, if any, is recorded instead)")
+        what = pickled if raw.startswith(PICKLE_MARK) else f"not UTF-8 text ({error})"
         raise MalformedMessage(f"not a results message: {what}", repr(raw)) from None
     return decode_outcome(text)
 

@@ -82,9 +82,9 @@ def client_for(env: dict[str, str]) -> redis.Redis:
 
 
 def current_model(client: redis.Redis) -> str:
-    """The model that counted last, read as a user would with redis-cli ("" before any count)."""
-    latest = client.zrevrange("moments:models", 0, 0)
-    return latest[0].decode() if latest else ""
+    """The current model (the one the live table holds), read as a user would with redis-cli ("" before any count)."""
+    current = client.get("moments:current-model")
+    return current.decode() if current is not None else ""
 
 
 def predictions_key(client: redis.Redis) -> str:

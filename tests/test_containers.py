@@ -36,7 +36,7 @@ BASE_IMAGE = os.environ.get("MOMENTS_TEST_BASE_IMAGE", "moments-stream-debian:bo
 TAG = "ci"
 BACKENDS = ("k8s", "code_engine", "aws_lambda")
 # The same short leases as the other fault tests, so a killed consumer's video comes back soon.
-FAST_HEALING = {"MOMENTS_CONSUMER_LEASE": "4", "MOMENTS_RECOVER_AFTER": "3"}
+FAST_HEALING = {"MOMENTS_CONSUMER_LEASE": "4", "MOMENTS_RECOVER_AFTER": "3", "MOMENTS_RETRY_INTERVALS": "1"}
 
 
 def docker(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

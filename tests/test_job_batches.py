@@ -103,7 +103,7 @@ def test_a_batch_counts_each_video_once(redis_client: redis.Redis, settings: Set
 def test_a_retried_batch_classifies_only_what_it_had_not_published(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    settings = settings.replace(job_retries=2)  # the first retry 5 s later (RETRY_INTERVALS_S)
+    settings = settings.replace(job_retries=2, retry_intervals="0")  # retried as soon as the consumer polls
     batch = videos(4)
     names = list(batch)
     enqueue_videos(redis_client, settings, batch)

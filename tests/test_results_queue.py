@@ -114,7 +114,7 @@ def test_unreadable_messages_go_to_the_dead_letters_and_the_rest_is_counted(redi
     queue = results.ResultsQueue(redis_client, KEYS, expiry_s=60)
     redis_client.hset(KEYS.pending(), "good.mp4", pending_entry("1:1", None))
     push = [
-        b"\x80\x05garbage",  # a pickle's first bytes, as a release before this one pushed
+        b"\x80\x05garbage",  # a pickle's first bytes, as a lithops.multiprocessing.Queue pushes
         pickle.dumps(json.dumps(counted("pickled.mp4").to_json())),  # such a release's whole message
         b"\xff\xfe not UTF-8",
         b"{not json",

@@ -200,9 +200,10 @@ def model_label(model_id: str | None) -> str:
     return model_id
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None, unknown: str = "unknown (nothing finished in the last minute)") -> str:
+    """``14m22s`` / ``1h02m03s``; ``unknown`` when there is no figure (an ETA with no throughput)."""
     if seconds is None:
-        return "unknown (nothing finished in the last minute)"
+        return unknown
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -223,7 +224,7 @@ def format_status(document: dict[str, Any]) -> str:
         f"awaiting aggregator {document['awaiting_aggregator']})",
         f"throughput   {document['finished_last_minute']} videos in the last {THROUGHPUT_WINDOW_S} s "
         f"({document['throughput_per_s']:.2f}/s)",
-        f"ETA          {_duration(document['eta_s'])}",
+        f"ETA          {format_duration(document['eta_s'])}",
         f"aggregator   {document['results_queued']} on the results queue (oldest waited "
         f"{_lag(document['drain_lag_s'])}), dead letters {document['dead_letters']}",
         f"reconciled   requeued {document['reconciled']['requeued']}, failed {document['reconciled']['failed']} "

@@ -31,7 +31,7 @@ from rich.text import Text
 from moments_stream.redis_conn import REDIS_OUTAGE
 from moments_stream.settings import RECENT_WINDOW_S, THROUGHPUT_WINDOW_S, TIMED_STAGES
 
-from .status import model_label
+from .status import format_duration, model_label
 
 QUIT_KEYS = frozenset("qQ")
 DEFAULT_ROWS = 10
@@ -57,14 +57,6 @@ def sparkline(values: list[int]) -> str:
     return "".join(SPARKS[round(value / peak * (len(SPARKS) - 1))] for value in values)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 def _mean_ms(histogram: dict[str, Any]) -> str:
     return f"{histogram['sum'] / histogram['count'] * 1000:.0f} ms" if histogram["count"] else "-"
 
@@ -84,7 +76,7 @@ def render_top(document: dict[str, Any], rows: int = DEFAULT_ROWS, interval_s: f
         Text.assemble("counted ", (str(document["counted"]), "bold green")),
         Text.assemble("failed ", (str(document["failed"]), "bold red" if document["failed"] else "bold")),
         Text.assemble("pending ", (str(document["pending"]), "bold yellow")),
-        Text.assemble("ETA ", (_duration(document["eta_s"]), "bold")),
+        Text.assemble("ETA ", (format_duration(document["eta_s"], unknown="unknown"), "bold")),
     )
     figures.add_row(
         f"in flight {document['in_flight']} jobs",

@@ -53,7 +53,7 @@ def write_ffv1(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
     return write_opencv(path, frames_rgb, "FFV1", fps)
 
 
-def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
+def _write_x264(path: Path, frames_rgb: np.ndarray, fps: float, pix_fmt: str, params: list[str]) -> Path:
     """H.264 in MP4 via the ffmpeg that imageio-ffmpeg ships (OpenCV wheels cannot encode it)."""
     height, width = frames_rgb.shape[1:3]
     writer = imageio_ffmpeg.write_frames(
@@ -61,34 +61,25 @@ def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
         (width, height),
         fps=fps,
         codec="libx264",
-        pix_fmt_out="yuv420p",
+        pix_fmt_out=pix_fmt,
         macro_block_size=1,
-        output_params=["-preset", "ultrafast"],
+        output_params=["-preset", "ultrafast", *params],
     )
     writer.send(None)
     for frame in frames_rgb:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
     return path
+
+
+def write_h264(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
+    """H.264 in MP4, 4:2:0, as most real clips are."""
+    return _write_x264(path, frames_rgb, fps, "yuv420p", [])
 
 
 def write_h264_lossless(path: Path, frames_rgb: np.ndarray, fps: float = 30.0) -> Path:
     """H.264 in MP4 with x264's lossless mode (qp 0): the codec adds no loss to the YUV frames."""
-    height, width = frames_rgb.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv444p",
-        macro_block_size=1,
-        output_params=["-preset", "ultrafast", "-qp", "0"],
-    )
-    writer.send(None)
-    for frame in frames_rgb:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
+    return _write_x264(path, frames_rgb, fps, "yuv444p", ["-qp", "0"])
 
 
 def with_display_rotation(source: Path, path: Path, degrees: int) -> Path:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -142,6 +142,23 @@ def test_a_producer_that_lost_the_race_enqueues_nothing(redis_client: redis.Redi
     assert len(video_queue(redis_client, settings)) == 4
 
 
+def interleave_on_first_build(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None]) -> list[dict[str, str]]:
+    """``queues.queue_jobs`` recording every batch it builds (video -> fingerprint), with ``meanwhile``
+    run once, at the first build: another writer slipping in between a read and its write."""
+    builds: list[dict[str, str]] = []
+    build = queues.queue_jobs
+
+    def building(pipe: Pipeline, client: redis.Redis, settings: Settings, videos: dict[str, str],
+                 model_id: str | None) -> None:
+        builds.append(dict(videos))
+        if len(builds) == 1:
+            meanwhile()
+        build(pipe, client, settings, videos, model_id)
+
+    monkeypatch.setattr(queues, "queue_jobs", building)
+    return builds
+
+
 def test_a_producer_racing_mid_write_leaves_out_what_the_other_enqueued(
     redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,21 +166,15 @@ def test_a_producer_racing_mid_write_leaves_out_what_the_other_enqueued(
     (and one of its own) before A writes. A's write finds its choice changed, writes nothing, and
     reads and builds again: each video is enqueued once."""
     settings = Settings.from_env({}).replace(redis_url=redis_url)
-    builds: list[list[str]] = []
-    build = queues.queue_jobs
 
-    def build_while_b_enqueues(
-        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
-    ) -> None:
-        builds.append(sorted(videos))
-        if len(builds) == 1:  # A's first build: B writes in between
-            assert enqueue_videos(redis_client, settings, {"b/1.mp4": "10:1", "b/2.mp4": "10:1", "b/9.mp4": "1:1"},
-                                  only_new=True) == 3
-        build(pipe, client, settings_, videos, model_id)
+    def b_enqueues() -> None:  # at A's first build: B writes in between
+        assert enqueue_videos(redis_client, settings, {"b/1.mp4": "10:1", "b/2.mp4": "10:1", "b/9.mp4": "1:1"},
+                              only_new=True) == 3
 
-    monkeypatch.setattr(queues, "queue_jobs", build_while_b_enqueues)
+    builds = interleave_on_first_build(monkeypatch, b_enqueues)
     assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 1
-    assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["b/1.mp4", "b/2.mp4", "b/9.mp4"], ["b/0.mp4"]]
+    assert [sorted(batch) for batch in builds] == [
+        ["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["b/1.mp4", "b/2.mp4", "b/9.mp4"], ["b/0.mp4"]]
     queued = sorted(job.args[0][0][0] for job in video_queue(redis_client, settings).jobs)
     assert queued == ["b/0.mp4", "b/1.mp4", "b/2.mp4", "b/9.mp4"]
     assert redis_client.hlen(Keys().pending()) == redis_client.hlen(Keys().seen()) == 4
@@ -176,22 +187,14 @@ def test_other_videos_written_meanwhile_never_make_a_producer_build_again(
     between a producer's read and its write (its own writer processes' too) threw its jobs away and
     had them built again; 100k keys took 13.3 s instead of 7. Only the videos it writes count now."""
     settings = Settings.from_env({}).replace(redis_url=redis_url)
-    builds: list[list[str]] = []
-    build = queues.queue_jobs
 
-    def build_while_another_batch_is_written(
-        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
-    ) -> None:
-        builds.append(sorted(videos))
-        if len(builds) == 1:
-            assert enqueue_videos(redis_client, settings, {"other/0.mp4": "1:1", "other/1.mp4": "1:1"},
-                                  only_new=True) == 2
-            redis_client.hset(Keys().seen(), "b/1.mp4", "9:9")  # an older version of one of them: still new
-        build(pipe, client, settings_, videos, model_id)
+    def another_batch_is_written() -> None:
+        assert enqueue_videos(redis_client, settings, {"other/0.mp4": "1:1", "other/1.mp4": "1:1"}, only_new=True) == 2
+        redis_client.hset(Keys().seen(), "b/1.mp4", "9:9")  # an older version of one of them: still new
 
-    monkeypatch.setattr(queues, "queue_jobs", build_while_another_batch_is_written)
+    builds = interleave_on_first_build(monkeypatch, another_batch_is_written)
     assert enqueue_videos(redis_client, settings, {f"b/{index}.mp4": "10:1" for index in range(3)}, only_new=True) == 3
-    assert builds == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["other/0.mp4", "other/1.mp4"]]
+    assert [sorted(batch) for batch in builds] == [["b/0.mp4", "b/1.mp4", "b/2.mp4"], ["other/0.mp4", "other/1.mp4"]]
     assert len(video_queue(redis_client, settings)) == 5
     assert redis_client.hget(Keys().seen(), "b/1.mp4") == b"10:1"
 
@@ -237,18 +240,11 @@ def test_a_requeue_racing_a_producer_requeues_the_version_the_producer_enqueued(
     redis_client.hset(Keys().seen(), "b/v.mp4", "1:1")
     record = {"video": "b/v.mp4", "fingerprint": "1:1", "error": "storage said no", "worker": "w"}
     redis_client.hset(Keys().failed(), "b/v.mp4", json.dumps(record))
-    builds: list[dict[str, str]] = []
-    build = queues.queue_jobs
 
-    def build_while_the_file_is_replaced(
-        pipe: Pipeline, client: redis.Redis, settings_: Settings, videos: dict[str, str], model_id: str | None
-    ) -> None:
-        builds.append(dict(videos))
-        if len(builds) == 1:  # the requeue's first try, in its MULTI: the producer writes first
-            assert enqueue_videos(redis_client, settings, {"b/v.mp4": "2:2"}, only_new=True) == 1
-        build(pipe, client, settings_, videos, model_id)
+    def the_file_is_replaced() -> None:  # at the requeue's first try, in its MULTI: the producer writes first
+        assert enqueue_videos(redis_client, settings, {"b/v.mp4": "2:2"}, only_new=True) == 1
 
-    monkeypatch.setattr(queues, "queue_jobs", build_while_the_file_is_replaced)
+    builds = interleave_on_first_build(monkeypatch, the_file_is_replaced)
     assert requeue_failed(redis_client, settings, ["v.mp4"]) == ["b/v.mp4"]
     assert builds == [{"b/v.mp4": "1:1"}, {"b/v.mp4": "2:2"}, {"b/v.mp4": "2:2"}]  # requeue, producer, requeue
     assert redis_client.hget(Keys().seen(), "b/v.mp4") == b"2:2"

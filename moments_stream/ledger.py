@@ -224,16 +224,14 @@ def record_batch(client: redis.Redis, keys: Keys, outcomes: Sequence[VideoOutcom
     recorded: list[RecordResult] = []
     for start in range(0, len(outcomes), MAX_BATCH):
         batch = outcomes[start : start + MAX_BATCH]
-        fallback_model = None
-        if any(not outcome.counted and not outcome.model_id for outcome in batch):
-            fallback_model = current_model(client, keys) or ""
+        # A failure retracts an older version's prediction under every model that counted it (a
+        # prediction counted before the failure's version was enqueued has its model here already);
+        # a failure that names no model is the current model's.
+        current, models = _current_and_known(client, keys) if any(not o.counted for o in batch) else (None, [])
+        batch_models = [outcome.model_id or ("" if outcome.counted else current or "") for outcome in batch]
         script_keys = [keys.seen(), keys.outbox(), keys.pending(), keys.failed(), keys.models(), keys.recent(),
                        keys.current_model(), keys.live_counts(), keys.live_ranking()]
         triple_of: dict[str, int] = {}  # model id -> index in KEYS of its triple (Lua indexes from 1)
-        models = known_models(client, keys) if any(not outcome.counted for outcome in batch) else []
-        # A failure retracts an older version's prediction under every model that counted it; a
-        # prediction counted before the failure's version was enqueued has its model here already.
-        batch_models = [outcome.model_id or (fallback_model if not outcome.counted else "") or "" for outcome in batch]
         for model_id in (*models, *batch_models):
             if model_id not in triple_of:
                 triple_of[model_id] = len(script_keys) + 1
@@ -355,15 +353,21 @@ def counts(client: redis.Redis, keys: Keys, model_id: str) -> dict[str, int]:
 
 def known_models(client: redis.Redis, keys: Keys) -> list[str]:
     """Every model that has counted a video: the current one first, then the most recently used."""
+    return _current_and_known(client, keys)[1]
+
+
+def _current_and_known(client: redis.Redis, keys: Keys) -> tuple[str | None, list[str]]:
+    """The current model (:func:`current_model`) and :func:`known_models`, in one round trip."""
     with client.pipeline(transaction=False) as pipe:
         pipe.get(keys.current_model())
         pipe.zrevrange(keys.models(), 0, -1)
-        current, used = pipe.execute()
+        raw_current, used = pipe.execute()
+    current = text(raw_current) if raw_current is not None else None
     models = [text(model_id) for model_id in used]
-    if current is not None and text(current) in models:
-        models.remove(text(current))
-        models.insert(0, text(current))
-    return models
+    if current in models:
+        models.remove(current)
+        models.insert(0, current)
+    return current, models
 
 
 def current_model(client: redis.Redis, keys: Keys) -> str | None:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 
 from aggregator.drain import drain  # noqa: E402
-from consumer.jobs import WorkerContext, bind_context  # noqa: E402
+from consumer.context import WorkerContext, bind_context  # noqa: E402
 from consumer.worker import ConsumerWorker, work_until_done  # noqa: E402
 from moments_stream import outcome  # noqa: E402
 from moments_stream.embedded_redis import start_redis_server  # noqa: E402

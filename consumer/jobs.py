@@ -4,7 +4,7 @@ A worker binds its :class:`~consumer.context.WorkerContext` once; each job then 
 (:mod:`consumer.download`), classifies and publishes (:mod:`consumer.outcome_buffer`). Its failure
 callback is :mod:`consumer.failure_callback`; rq stores both by their path in this module
 (``moments_stream.defaults``: ``consumer.jobs.classify_videos``, ``consumer.jobs.on_job_failure``),
-so jobs already enqueued keep working, and the names callers used from here are re-exported.
+so jobs already enqueued keep working.
 """
 
 from __future__ import annotations
@@ -23,27 +23,17 @@ from moments_stream.videos import split_video_id
 
 from . import hooks
 from .classify import Prediction
-from .context import WorkerContext, bind_context, current_context, current_context_or_none
-from .download import download, download_once, safe_local_name, unsafe_key_reason
+from .context import WorkerContext, current_context
+from .download import download
 from .failure_callback import (
-    CALLBACK_RETRIES,
-    FREE_TIME_LIMIT_CUTS,
-    TimeLimitCut,
-    failure_message,
     note_run,
     note_try,
     on_job_failure,
-    publish_failure,
-    tried_on_every_run,
 )
 from .outcome_buffer import OutcomeBuffer
 
-__all__ = [  # the job, rq's paths to it and its callback, and what earlier callers imported from here
-    "CALLBACK_RETRIES", "FREE_TIME_LIMIT_CUTS", "OutcomeBuffer", "TimeLimitCut", "WorkerContext", "bind_context",
-    "classify_one", "classify_videos", "current_context", "current_context_or_none",
-    "download", "download_once", "failure_message", "on_job_failure", "publish_failure", "safe_local_name",
-    "tried_on_every_run", "unsafe_key_reason",
-]
+# rq's paths: the job and its failure callback (moments_stream.defaults names them here)
+__all__ = ["classify_one", "classify_videos", "on_job_failure"]
 
 log = get_logger(__name__)
 

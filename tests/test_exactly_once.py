@@ -17,7 +17,8 @@ from rq import get_current_job
 from rq.job import Job, JobStatus
 
 from aggregator.drain import DrainReport, apply_raws, recover_unrecorded
-from consumer.jobs import WorkerContext, bind_context, on_job_failure
+from consumer.context import WorkerContext, bind_context
+from consumer.jobs import on_job_failure
 from consumer.worker import ConsumerWorker, work_until_done
 from moments_stream import ledger, queues, results
 from moments_stream.errors import ConfigError

@@ -23,7 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from aggregator.drain import DrainReport, apply_raws, recover_unrecorded
 from aggregator.reconcile import reconcile
-from consumer.jobs import bind_context, publish_failure
+from consumer.context import bind_context
+from consumer.failure_callback import publish_failure
 from moments_stream import ledger, results
 from moments_stream.failures import requeue_failed
 from moments_stream.keys import Keys

@@ -17,7 +17,7 @@ import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 from redis.client import Pipeline
 
-from consumer.jobs import safe_local_name
+from consumer.download import safe_local_name
 from moments_stream import queues
 from moments_stream.errors import ConfigError, RedisUnavailableError
 from moments_stream.failures import requeue_failed

@@ -17,7 +17,9 @@ import redis
 from lithops.constants import LITHOPS_TEMP_DIR
 
 from aggregator.drain import drain
-from consumer.jobs import WorkerContext, classify_one, download_once
+from consumer.context import WorkerContext
+from consumer.download import download_once
+from consumer.jobs import classify_one
 from moments_stream import ledger, outcome, results
 from moments_stream.errors import ConfigError, RedisUnavailableError, VideoDecodeError
 from moments_stream.keys import Keys

@@ -67,6 +67,32 @@ def docker_engine() -> None:
         pytest.skip(reason)
 
 
+def images_on_the_base() -> set[str]:
+    """Every image built on runtime/local-base.sh's base (they inherit its label): tagged images, the
+    untagged stages of multi-stage builds and the layers under them."""
+    listed = docker("images", "--all", "--quiet", "--no-trunc", "--filter", "label=moments-stream.base-inputs")
+    return set(listed.stdout.split())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_images_removed(docker_engine: None) -> Iterator[None]:
+    """The images this module builds (about 4 GB) are removed when it ends, the base excepted: a
+    machine that runs the suite again and again (a CI runner) must not fill its disk with them."""
+    before = images_on_the_base()
+    yield
+    kept = set(docker("images", "--quiet", "--no-trunc", BASE_IMAGE, check=False).stdout.split())
+    left = images_on_the_base() - before - kept
+    # An image with children is refused until they are gone: remove in rounds, leaves first.
+    for _ in range(10):
+        if not left:
+            break
+        docker("rmi", "--force", *left, check=False)
+        left, removed = images_on_the_base() - before - kept, left
+        if left == removed:
+            break
+    assert not left, f"images this module built are still there: {sorted(left)}"
+
+
 @pytest.fixture(scope="module")
 def python_base(docker_engine: None) -> str:
     """The Debian base runtime/local-base.sh makes (kept while its inputs are unchanged)."""

@@ -130,8 +130,10 @@ def with_threads_for(settings: Settings, workers: int, cpus: int) -> Settings:
 
 # How often the launcher looks at its functions and at their leases.
 LAUNCH_POLL_S = 1.0
-# Once consumers are told to stop (or nothing is pending), a launched function that has not taken
-# its lease by this long after its launch is given up: it would start only to exit.
+# Once nothing is pending, a launched function that has not taken its lease by this long after its
+# launch is given up: it would start only to find an empty queue. Once consumers are told to stop,
+# one that has not taken it is given up at once: it would start only to exit (a relaunch into a
+# killed localhost container never starts, and Lithops never says so).
 NEVER_STARTED_GRACE_S = 120
 
 
@@ -167,6 +169,11 @@ class LaunchLeases:
 
     def worker_of(self, future: Any) -> str | None:
         return self._workers.get(future)
+
+    def not_started(self, running: list[Any]) -> list[Any]:
+        """The running futures whose consumer has not been seen to take its lease (as of the last
+        :meth:`lost`)."""
+        return [future for future in running if future in self._launches and future not in self._workers]
 
     def lost(self, running: list[Any], start_within_s: float) -> list[tuple[Any, str]]:
         """The running futures whose consumer held its lease and no longer does, or never took it
@@ -226,29 +233,36 @@ def run_consumers(
     summaries: list[dict[str, Any]] = []
     log.info("consumers_launched", workers=workers, backend=config["lithops"]["backend"],
              max_runtime_s=max_runtime_s, idle_exit_s=idle_exit_s)
+    def stop_requested() -> bool:
+        return (stop_event is not None and stop_event.is_set()) or bool(client.exists(keys.stop_consumers()))
+
     while running:
         done, pending = executor.wait(running, return_when=ALWAYS, throw_except=False, show_progressbar=False)
-        winding_down = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers()) \
-            or not ledger.pending_count(client, keys)
+        stopping = stop_requested()
+        winding_down = stopping or not ledger.pending_count(client, keys)
         # A function past its time limit is not running; with nothing left to do, one that has not
-        # started by now would only find the stop flag or an empty queue.
+        # started by now would only find an empty queue.
         lost = launches.lost(list(pending), NEVER_STARTED_GRACE_S if winding_down else function_timeout_s)
         lost_futures = {future for future, _ in lost}
         running = [future for future in pending if future not in lost_futures]
-        if not done and not lost:
+        given_up = launches.not_started(running) if stopping else []
+        running = [future for future in running if future not in given_up]
+        if not done and not lost and not given_up:
             time.sleep(LAUNCH_POLL_S)
             continue
         finished: list[tuple[Any, dict[str, Any] | None]] = [(future, None) for future in done]
         finished += [(future, {"worker": launches.worker_of(future), "reason": "lost", "error": what})
                      for future, what in lost]
+        finished += [(future, {"worker": None, "reason": "not_started", "jobs": 0}) for future in given_up]
         for future, known in finished:
             summary = known or result_of(future)
             if summary["reason"] == "lost":
                 log.error("consumer_lost", worker=summary["worker"], error=summary["error"])
+            elif summary["reason"] == "not_started":
+                log.info("consumer_given_up", meaning="told to stop before it started: it exits if it ever starts")
             launches.forget(future)
             summaries.append(summary)
-            stopping = (stop_event is not None and stop_event.is_set()) or client.exists(keys.stop_consumers())
-            if stopping or not ledger.pending_count(client, keys):
+            if stop_requested() or not ledger.pending_count(client, keys):
                 continue
             wanted, relaunches_left = relaunch_wanted(summary, relaunches_left)
             if wanted:

@@ -120,3 +120,39 @@ def test_a_consumer_holds_its_launch_lease_until_its_last_worker_is_done(redis_c
         redis_client.expire(key, 1)
         lease.renew()  # what its heartbeat does a third of the lease apart
         assert redis_client.ttl(key) > 1
+
+
+def test_told_to_stop_the_launcher_gives_up_at_once_a_consumer_that_never_started(
+    redis_url: str, base_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relaunch into a killed localhost container never starts, and Lithops never says so: once
+    told to stop, the launcher does not wait out NEVER_STARTED_GRACE_S for it (it would start only
+    to exit)."""
+    import threading
+
+    import consumer.launcher as launcher
+
+    class NeverStarting:
+        """A Lithops executor whose functions never start and never finish."""
+
+        waits = 0
+
+        def __init__(self, config: dict) -> None:
+            pass
+
+        def call_async(self, function: object, data: dict) -> object:
+            return object()
+
+        def wait(self, futures: list, **options: object) -> tuple[list, list]:
+            NeverStarting.waits += 1
+            assert NeverStarting.waits == 1, "the launcher kept waiting on consumers it was told to stop"
+            return [], list(futures)
+
+        def clean(self, **options: object) -> None:
+            pass
+
+    monkeypatch.setattr(launcher.lithops, "FunctionExecutor", NeverStarting)
+    stop = threading.Event()
+    stop.set()
+    summaries = launcher.run_consumers(base_settings.replace(redis_url=redis_url), workers=2, stop_event=stop)
+    assert summaries == [{"worker": None, "reason": "not_started", "jobs": 0}] * 2

@@ -4,6 +4,8 @@ password, or TLS-only with certificates made for the test; stoppable and restart
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -20,10 +22,24 @@ from moments_stream.embedded_redis import start_redis_server
 TLS_CAPABLE_BINARY = "/usr/bin/redis-server"
 
 
+# Ports for the tests' servers: below the kernel's ephemeral range (32768 and up), which it hands
+# to every outgoing connection and to bind(0): a port found free here cannot be taken by a client's
+# connection before the server binds it, as one found with bind(0) can.
+TEST_PORTS = range(20000, 32000)
+_port_turns = itertools.count(os.getpid() % len(TEST_PORTS))  # processes start apart
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on."""
+    for _ in TEST_PORTS:
+        port = TEST_PORTS[next(_port_turns) % len(TEST_PORTS)]
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS.start}-{TEST_PORTS.stop - 1}")
 
 
 @dataclass

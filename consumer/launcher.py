@@ -140,11 +140,15 @@ NEVER_STARTED_GRACE_S = 120
 def result_of(future: Any) -> dict[str, Any]:
     """A finished consumer function's summary, or one that says how it crashed."""
     try:
-        return future.result(throw_except=True)
+        summary = future.result(throw_except=True)
     except Exception as error:
         summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
         log.error("consumer_crashed", error=summary["error"])
         return summary
+    if not isinstance(summary, dict):  # Lithops may mark a call done and still give no output
+        summary = {"worker": None, "reason": "crashed", "error": f"the function gave no summary ({summary!r})"}
+        log.error("consumer_crashed", error=summary["error"])
+    return summary
 
 
 class LaunchLeases:

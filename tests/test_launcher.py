@@ -156,3 +156,18 @@ def test_told_to_stop_the_launcher_gives_up_at_once_a_consumer_that_never_starte
     stop.set()
     summaries = launcher.run_consumers(base_settings.replace(redis_url=redis_url), workers=2, stop_event=stop)
     assert summaries == [{"worker": None, "reason": "not_started", "jobs": 0}] * 2
+
+
+def test_a_call_lithops_marks_done_without_output_is_a_crashed_consumer_not_a_crashed_launcher() -> None:
+    """Lithops' ResponseFuture.result returns None for a call it marked done whose output it never
+    fetched (seen with several launchers under load); the launcher must carry on, not raise."""
+    from consumer.launcher import result_of
+
+    class NoOutput:
+        def result(self, throw_except: bool = True) -> None:
+            return None
+
+    summary = result_of(NoOutput())
+    assert summary["reason"] == "crashed" and "no summary" in summary["error"]
+    relaunch, _ = relaunch_wanted(summary, 1)
+    assert relaunch

@@ -150,11 +150,11 @@ def test_compiled_bf16_model_agrees_with_eager(base_settings: Settings, classifi
     for seed in range(3):
         clip = str(write_ffv1(tmp_path / f"k{seed}.avi", synthetic_frames(30, seed=seed)))
         reference = dict(eager_fp32.classify_file(clip).top5)
-        for fast in (eager_bf16.classify_file(clip), compiled.classify_file(clip)):
+        eager, fast = eager_bf16.classify_file(clip), compiled.classify_file(clip)
+        for prediction in (eager, fast):
             # bf16 may move one of the 8 frames' votes (1/8 of the probability mass), no more.
-            assert reference.get(fast.top1, 0.0) >= max(reference.values()) - 1 / 8 - 1e-3
-        compiled_probs = dict(compiled.classify_file(clip).top5)
-        eager_probs = dict(eager_bf16.classify_file(clip).top5)
+            assert reference.get(prediction.top1, 0.0) >= max(reference.values()) - 1 / 8 - 1e-3
+        compiled_probs, eager_probs = dict(fast.top5), dict(eager.top5)
         shared = set(compiled_probs) & set(eager_probs)
         # The synthetic model's frames vote almost one-hot: again at most one vote may move.
         assert shared and all(abs(compiled_probs[name] - eager_probs[name]) <= 1 / 8 + 1e-3 for name in shared)

@@ -141,7 +141,11 @@ def result_of(future: Any) -> dict[str, Any]:
     """A finished consumer function's summary, or one that says how it crashed."""
     try:
         summary = future.result(throw_except=True)
-    except Exception as error:
+    except BaseException as error:
+        # Lithops re-raises here whatever the function raised, KeyboardInterrupt and SystemExit
+        # included (it marks the future as an error first): the consumer's end, not this process's.
+        if not isinstance(error, Exception) and not getattr(future, "error", False):
+            raise  # this process itself was interrupted
         summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
         log.error("consumer_crashed", error=summary["error"])
         return summary

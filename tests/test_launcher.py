@@ -171,3 +171,26 @@ def test_a_call_lithops_marks_done_without_output_is_a_crashed_consumer_not_a_cr
     assert summary["reason"] == "crashed" and "no summary" in summary["error"]
     relaunch, _ = relaunch_wanted(summary, 1)
     assert relaunch
+
+
+def test_a_consumer_that_died_of_keyboardinterrupt_is_crashed_but_a_ctrl_c_here_still_stops_the_launcher() -> None:
+    """Lithops re-raises in the launcher whatever the function raised, KeyboardInterrupt included
+    (seen: a consumer's rq shutdown command delivered as SIGINT), marking the future as an error
+    first; that ended `consumer start` with status 130 as if its user had pressed Ctrl-C."""
+    from consumer.launcher import result_of
+
+    class Raising:
+        def __init__(self, error: BaseException, remote: bool) -> None:
+            self.raised, self.error = error, remote
+
+        def result(self, throw_except: bool = True) -> dict:
+            raise self.raised
+
+    for remote_end in (KeyboardInterrupt(), SystemExit(1), RuntimeError("boom")):
+        try:
+            summary = result_of(Raising(remote_end, remote=True))
+        except BaseException as escaped:  # a KeyboardInterrupt escaping would end pytest itself
+            pytest.fail(f"the consumer's {type(escaped).__name__} ended the launcher")
+        assert summary["reason"] == "crashed" and type(remote_end).__name__ in summary["error"]
+    with pytest.raises(KeyboardInterrupt):
+        result_of(Raising(KeyboardInterrupt(), remote=False))

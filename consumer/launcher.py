@@ -146,13 +146,15 @@ def result_of(future: Any) -> dict[str, Any]:
         # included (it marks the future as an error first): the consumer's end, not this process's.
         if not isinstance(error, Exception) and not getattr(future, "error", False):
             raise  # this process itself was interrupted
-        summary = {"worker": None, "reason": "crashed", "error": f"{type(error).__name__}: {error}"}
-        log.error("consumer_crashed", error=summary["error"])
-        return summary
+        return _crashed(f"{type(error).__name__}: {error}")
     if not isinstance(summary, dict):  # Lithops may mark a call done and still give no output
-        summary = {"worker": None, "reason": "crashed", "error": f"the function gave no summary ({summary!r})"}
-        log.error("consumer_crashed", error=summary["error"])
+        return _crashed(f"the function gave no summary ({summary!r})")
     return summary
+
+
+def _crashed(error: str) -> dict[str, Any]:
+    log.error("consumer_crashed", error=error)
+    return {"worker": None, "reason": "crashed", "error": error}
 
 
 class LaunchLeases:
@@ -270,6 +272,7 @@ def run_consumers(
                 log.info("consumer_given_up", meaning="told to stop before it started: it exits if it ever starts")
             launches.forget(future)
             summaries.append(summary)
+            # Read again for each: fetching a result can take a while, and a stop may arrive meanwhile.
             if stop_requested() or not ledger.pending_count(client, keys):
                 continue
             wanted, relaunches_left = relaunch_wanted(summary, relaunches_left)
